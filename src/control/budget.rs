@@ -1,0 +1,241 @@
+//! Admission: how many more executions may start now. Plain arithmetic on
+//! the ledger's count, the estimate and time; no I/O, no clock.
+
+use crate::config::{Config, Policy};
+use crate::control::ledger::Secs;
+
+/// Inputs of one admission decision.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Inputs {
+    pub now: Secs,
+    /// Running executions (ledger, ours and foreign).
+    pub running: usize,
+    /// Messages received and not yet started or released.
+    pub in_hand: usize,
+    /// Lambdas per execution (k̂).
+    pub k: f64,
+    /// Other load in the account, when the metric shows it.
+    pub other_load: Option<f64>,
+    /// Mean execution lifetime, once known.
+    pub lifetime: Option<Secs>,
+}
+
+/// Why the budget is what it is (exported as a metric and in logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Ceiling,
+    Ramp,
+    Growth,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    /// Messages that may be received now.
+    pub budget: usize,
+    /// Running executions the controller is aiming at.
+    pub target: usize,
+    pub limit: Limit,
+}
+
+/// Admission state that carries across decisions: the ramp and the
+/// growth pacing.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    policy: Policy,
+    ceiling: f64,
+    account_limit: Option<f64>,
+    headroom: f64,
+    k_max: f64,
+    ramp_rate: f64,
+    ramp_initial: f64,
+    fixed_cap: usize,
+    ramp_cap: f64,
+    allowed: f64,
+    last: Option<Secs>,
+}
+
+impl Admission {
+    pub fn new(cfg: &Config, policy: Policy) -> Admission {
+        let c = &cfg.controller;
+        Admission {
+            policy,
+            ceiling: f64::from(c.ceiling),
+            account_limit: c.account_limit.map(f64::from),
+            headroom: c.headroom_fraction,
+            k_max: c.max_lambdas_per_execution,
+            ramp_rate: c.ramp_concurrency_per_s,
+            ramp_initial: c.ramp_initial,
+            fixed_cap: cfg.fixed_cap() as usize,
+            ramp_cap: c.ramp_initial,
+            allowed: c.ramp_initial / c.max_lambdas_per_execution,
+            last: None,
+        }
+    }
+
+    pub fn set_ceiling(&mut self, ceiling: u32) {
+        self.ceiling = f64::from(ceiling);
+    }
+
+    /// The ceiling after other load in the account is taken out.
+    pub fn effective_ceiling(&self, other_load: Option<f64>) -> f64 {
+        let mut c = self.ceiling;
+        if let (Some(limit), Some(other)) = (self.account_limit, other_load) {
+            c = c.min(limit - other);
+        }
+        (c * (1.0 - self.headroom)).max(0.0)
+    }
+
+    pub fn decide(&mut self, i: Inputs) -> Decision {
+        let dt = self.last.map_or(0.0, |t| (i.now - t).max(0.0));
+        self.last = Some(i.now);
+        let committed = i.running + i.in_hand;
+        match self.policy {
+            Policy::Fixed => Decision {
+                budget: self.fixed_cap.saturating_sub(committed),
+                target: self.fixed_cap,
+                limit: Limit::Ceiling,
+            },
+            Policy::Seed => {
+                // The seed checks each message after receiving it; the
+                // budget only says whether there is room for one more.
+                let room = self.ceiling - committed as f64 * self.k_max;
+                let target = (self.ceiling / self.k_max) as usize;
+                Decision {
+                    budget: usize::from(room > self.k_max),
+                    target,
+                    limit: Limit::Ceiling,
+                }
+            }
+            Policy::Adaptive => self.adaptive(i, dt, committed),
+        }
+    }
+
+    fn adaptive(&mut self, i: Inputs, dt: f64, committed: usize) -> Decision {
+        let k = i.k.max(1e-6);
+        let ceiling = self.effective_ceiling(i.other_load);
+        let target = (ceiling / k).floor().max(0.0);
+        // Lambda adds environments at a bounded rate: the predicted
+        // concurrency may grow by ramp_rate per second, and never jump more
+        // than ramp_initial above what is running (after an idle spell the
+        // ramp starts again).
+        let predicted = committed as f64 * k;
+        self.ramp_cap = (self.ramp_cap + self.ramp_rate * dt).min(predicted + self.ramp_initial);
+        let ramp = (self.ramp_cap / k).floor();
+        // Growth beyond what has been running is spread over an execution
+        // lifetime, so a new cohort's phases mix instead of peaking
+        // together (its concurrency then stays near its steady share).
+        let floor_rate = self.ramp_rate / self.k_max;
+        let rate = match i.lifetime {
+            Some(life) if life > 0.0 => floor_rate.max((target - committed as f64).max(0.0) / life),
+            _ => floor_rate,
+        };
+        self.allowed = (self.allowed.max(committed as f64) + rate * dt).min(target);
+        let (cap, limit) = [
+            (target, Limit::Ceiling),
+            (ramp, Limit::Ramp),
+            (self.allowed.floor(), Limit::Growth),
+        ]
+        .into_iter()
+        .fold((f64::INFINITY, Limit::Ceiling), |acc, x| {
+            if x.0 < acc.0 { x } else { acc }
+        });
+        Decision {
+            budget: (cap - committed as f64).max(0.0) as usize,
+            target: target as usize,
+            limit,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(ceiling: u32) -> Config {
+        let mut c = Config::default();
+        c.controller.ceiling = ceiling;
+        c.controller.headroom_fraction = 0.0;
+        c
+    }
+
+    fn inputs(now: Secs, running: usize, k: f64) -> Inputs {
+        Inputs {
+            now,
+            running,
+            in_hand: 0,
+            k,
+            other_load: None,
+            lifetime: None,
+        }
+    }
+
+    #[test]
+    fn fixed_fills_to_its_cap_and_counts_messages_in_hand() {
+        let mut a = Admission::new(&cfg(19_000), Policy::Fixed);
+        let d = a.decide(Inputs {
+            in_hand: 33,
+            ..inputs(0.0, 6000, 3.0)
+        });
+        assert_eq!(d.budget, 6333 - 6000 - 33);
+    }
+
+    #[test]
+    fn seed_admits_one_while_running_times_three_leaves_room() {
+        let mut a = Admission::new(&cfg(19_000), Policy::Seed);
+        assert_eq!(a.decide(inputs(0.0, 6332, 3.0)).budget, 1);
+        assert_eq!(a.decide(inputs(0.0, 6333, 3.0)).budget, 0);
+    }
+
+    #[test]
+    fn adaptive_ramp_respects_lambda_scaling() {
+        let mut a = Admission::new(&cfg(19_000), Policy::Adaptive);
+        // At t=0 only the initial burst: 1000 concurrency / 3 per execution.
+        let d = a.decide(inputs(0.0, 0, 3.0));
+        assert_eq!(d.budget, 333);
+        assert_eq!(d.limit, Limit::Ramp);
+        // Ten seconds later with 333 running: +1000 concurrency allowed.
+        let d = a.decide(inputs(10.0, 333, 3.0));
+        assert!(d.budget <= 333 + 1, "{d:?}");
+    }
+
+    #[test]
+    fn adaptive_never_plans_above_the_ceiling() {
+        let mut a = Admission::new(&cfg(19_000), Policy::Adaptive);
+        let mut running = 0usize;
+        for s in 0..3600 {
+            let d = a.decide(inputs(s as f64, running, 1.9));
+            running += d.budget;
+            assert!(running as f64 * 1.9 <= 19_000.0 + 1e-6);
+        }
+        assert_eq!(running, (19_000.0f64 / 1.9).floor() as usize);
+    }
+
+    #[test]
+    fn adaptive_spreads_growth_over_a_lifetime() {
+        let mut a = Admission::new(&cfg(19_000), Policy::Adaptive);
+        // Warm: running near target with k = 3.
+        for s in 0..=400 {
+            a.decide(inputs(s as f64, 6333, 3.0));
+        }
+        // k drops to 1.9: target 10,000. Within 10 s at most
+        // 10 s × (gap / lifetime + floor rate) may be added.
+        let d = a.decide(Inputs {
+            lifetime: Some(80.0),
+            ..inputs(410.0, 6333, 1.9)
+        });
+        let gap = 10_000.0 - 6333.0;
+        let most = 10.0 * (gap / 80.0f64).max(100.0 / 3.0);
+        assert!((d.budget as f64) <= most + 1.0, "{d:?}");
+        assert_eq!(d.limit, Limit::Growth);
+    }
+
+    #[test]
+    fn other_load_lowers_the_ceiling_when_the_account_limit_is_known() {
+        let mut c = cfg(19_000);
+        c.controller.account_limit = Some(20_000);
+        let a = Admission::new(&c, Policy::Adaptive);
+        assert_eq!(a.effective_ceiling(Some(500.0)), 19_000.0);
+        assert_eq!(a.effective_ceiling(Some(2500.0)), 17_500.0);
+        assert_eq!(a.effective_ceiling(None), 19_000.0);
+    }
+}

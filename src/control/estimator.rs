@@ -1,0 +1,255 @@
+//! Learns k̂, the Lambda concurrency per running execution, from the
+//! 1-minute CloudWatch maxima and the controller's own record of how many
+//! executions were running in each minute.
+//!
+//! Young executions are often narrower than they will be (a single-Lambda
+//! prep step before a 3-wide Map), so a ratio measured while the running
+//! count grows under-estimates the steady state. k̂ therefore starts at the
+//! configured maximum, is lowered only from minutes whose running count
+//! was stable for a whole execution lifetime, and is raised at once by any
+//! minute that shows more.
+
+use std::collections::BTreeMap;
+
+use crate::config::EstimatorConfig;
+use crate::ports::ConcurrencySample;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct MinuteStats {
+    min: f64,
+    max: f64,
+    sum: f64,
+    n: u32,
+}
+
+impl MinuteStats {
+    fn mean(&self) -> f64 {
+        self.sum / f64::from(self.n.max(1))
+    }
+}
+
+/// What one sample did to the estimate (for logs and tests).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SampleUse {
+    /// No record of the running count for that minute, or too few running.
+    Ignored,
+    /// The ratio raised the estimate.
+    Raised(f64),
+    /// A stable minute: the estimate follows it down (or stays).
+    Learned(f64),
+    /// Unstable minute below the estimate: kept for safety.
+    Held(f64),
+}
+
+#[derive(Debug)]
+pub struct Estimator {
+    cfg: EstimatorConfig,
+    k_max: f64,
+    k: f64,
+    minutes: BTreeMap<u64, MinuteStats>,
+    /// Recent stable ratios (with margin); the estimate is their maximum.
+    stable: Vec<f64>,
+    last_sample_minute: Option<u64>,
+    /// Latest other-load reading (account minus pipeline).
+    other_load: Option<f64>,
+}
+
+const MINUTES_KEPT: u64 = 60;
+const STABLE_KEPT: usize = 3;
+/// Below this many running executions a ratio is mostly noise.
+const MIN_RUNNING: f64 = 20.0;
+
+impl Estimator {
+    pub fn new(cfg: EstimatorConfig, k_max: f64) -> Estimator {
+        Estimator {
+            cfg,
+            k_max,
+            k: k_max,
+            minutes: BTreeMap::new(),
+            stable: Vec::new(),
+            last_sample_minute: None,
+            other_load: None,
+        }
+    }
+
+    /// Current Lambdas-per-execution estimate used for admission.
+    pub fn k(&self) -> f64 {
+        self.k
+    }
+
+    pub fn other_load(&self) -> Option<f64> {
+        self.other_load
+    }
+
+    /// Newest minute a sample was seen for (to ask for newer ones).
+    pub fn last_sample_minute(&self) -> Option<u64> {
+        self.last_sample_minute
+    }
+
+    /// Record the running count at backend time `t_s`.
+    pub fn observe_running(&mut self, t_s: f64, running: usize) {
+        let minute = (t_s.max(0.0) as u64) / 60 * 60;
+        let r = running as f64;
+        let e = self.minutes.entry(minute).or_insert(MinuteStats {
+            min: r,
+            max: r,
+            sum: 0.0,
+            n: 0,
+        });
+        e.min = e.min.min(r);
+        e.max = e.max.max(r);
+        e.sum += r;
+        e.n += 1;
+        let oldest = minute.saturating_sub(MINUTES_KEPT * 60);
+        while let Some((&m, _)) = self.minutes.first_key_value() {
+            if m >= oldest {
+                break;
+            }
+            self.minutes.remove(&m);
+        }
+    }
+
+    /// Was the running count within ±stability of its mean from
+    /// `window_s` before the minute through its end?
+    fn stable_through(&self, minute: u64, window_s: f64) -> bool {
+        let from = (minute as f64 - window_s).max(0.0) as u64 / 60 * 60;
+        let mut lo = f64::INFINITY;
+        let mut hi = 0.0f64;
+        let mut sum = 0.0;
+        let mut n = 0u32;
+        let mut m = from;
+        while m <= minute {
+            match self.minutes.get(&m) {
+                Some(s) => {
+                    lo = lo.min(s.min);
+                    hi = hi.max(s.max);
+                    sum += s.sum;
+                    n += s.n;
+                }
+                None => return false,
+            }
+            m += 60;
+        }
+        if n == 0 {
+            return false;
+        }
+        let mean = sum / f64::from(n);
+        mean > 0.0
+            && hi <= mean * (1.0 + self.cfg.stability_fraction)
+            && lo >= mean * (1.0 - self.cfg.stability_fraction)
+    }
+
+    /// Feed one published minute. `lifetime_s` is a high quantile of
+    /// observed execution lifetimes, `None` until enough have completed.
+    pub fn on_sample(&mut self, s: &ConcurrencySample, lifetime_s: Option<f64>) -> SampleUse {
+        self.last_sample_minute = Some(
+            self.last_sample_minute
+                .map_or(s.minute_start_s, |m| m.max(s.minute_start_s)),
+        );
+        if let Some(acct) = s.account_max {
+            self.other_load = Some((acct - s.pipeline_max).max(0.0));
+        }
+        let Some(stats) = self.minutes.get(&s.minute_start_s).copied() else {
+            return SampleUse::Ignored;
+        };
+        // The max of the running count: the minute's concurrency maximum
+        // may have come at any point of it, so compare like with like.
+        let running = stats.mean();
+        if running < MIN_RUNNING {
+            return SampleUse::Ignored;
+        }
+        let ratio = s.pipeline_max / running * (1.0 + self.cfg.margin_fraction);
+        if ratio > self.k {
+            self.k = ratio;
+            self.stable.clear();
+            return SampleUse::Raised(ratio);
+        }
+        let stable = lifetime_s.is_some_and(|w| self.stable_through(s.minute_start_s, w));
+        if !stable {
+            return SampleUse::Held(ratio);
+        }
+        self.stable.push(ratio);
+        if self.stable.len() > STABLE_KEPT {
+            self.stable.remove(0);
+        }
+        let learned = self.stable.iter().copied().fold(0.0, f64::max);
+        self.k = learned.clamp(self.cfg.min_lambdas_per_execution, self.k_max.max(self.k));
+        SampleUse::Learned(self.k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn est() -> Estimator {
+        Estimator::new(EstimatorConfig::default(), 3.0)
+    }
+
+    fn sample(minute: u64, max: f64) -> ConcurrencySample {
+        ConcurrencySample {
+            minute_start_s: minute * 60,
+            pipeline_max: max,
+            account_max: None,
+        }
+    }
+
+    fn run(e: &mut Estimator, from_s: u64, to_s: u64, running: impl Fn(u64) -> usize) {
+        for t in from_s..to_s {
+            e.observe_running(t as f64, running(t));
+        }
+    }
+
+    #[test]
+    fn starts_at_the_configured_maximum() {
+        assert_eq!(est().k(), 3.0);
+    }
+
+    #[test]
+    fn a_growing_population_never_lowers_the_estimate() {
+        let mut e = est();
+        // Ramp: running grows 10 per second; young executions look narrow.
+        run(&mut e, 0, 600, |t| (t * 10) as usize);
+        for m in 1..9 {
+            let use_ = e.on_sample(&sample(m, 1.2 * (m * 600 + 300) as f64), Some(90.0));
+            assert!(matches!(use_, SampleUse::Held(_)), "minute {m}: {use_:?}");
+        }
+        assert_eq!(e.k(), 3.0);
+    }
+
+    #[test]
+    fn a_stable_population_teaches_the_real_width() {
+        let mut e = est();
+        run(&mut e, 0, 600, |_| 5000);
+        let got = e.on_sample(&sample(5, 9500.0), Some(120.0));
+        let want = 1.9 * 1.02;
+        assert!(matches!(got, SampleUse::Learned(k) if (k - want).abs() < 1e-9), "{got:?}");
+        assert!((e.k() - want).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_wider_minute_raises_at_once_even_when_unstable() {
+        let mut e = est();
+        run(&mut e, 0, 600, |_| 5000);
+        e.on_sample(&sample(5, 9500.0), Some(120.0));
+        run(&mut e, 600, 660, |t| 5000 + (t as usize - 600) * 20);
+        let got = e.on_sample(&sample(10, 16_000.0), Some(120.0));
+        assert!(matches!(got, SampleUse::Raised(_)), "{got:?}");
+        assert!(e.k() > 2.5);
+    }
+
+    #[test]
+    fn no_lifetime_known_means_no_learning() {
+        let mut e = est();
+        run(&mut e, 0, 600, |_| 5000);
+        assert!(matches!(e.on_sample(&sample(5, 9500.0), None), SampleUse::Held(_)));
+        assert_eq!(e.k(), 3.0);
+    }
+
+    #[test]
+    fn minutes_before_the_controller_ran_are_ignored() {
+        let mut e = est();
+        run(&mut e, 600, 700, |_| 100);
+        assert_eq!(e.on_sample(&sample(2, 500.0), Some(60.0)), SampleUse::Ignored);
+    }
+}

@@ -1,0 +1,191 @@
+//! The in-flight ledger: executions this controller started, plus the
+//! running executions it did not start (another controller, a previous
+//! life of this one) as last seen by a reconcile.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+/// Seconds since the controller started.
+pub type Secs = f64;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Entry {
+    started_at: Secs,
+}
+
+/// What a reconcile changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReconcileOutcome {
+    pub completed: usize,
+    pub foreign: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Ledger {
+    entries: HashMap<String, Entry>,
+    foreign: usize,
+    completions: u64,
+    /// Recent observed lifetimes, for the estimator's stability window.
+    durations: VecDeque<Secs>,
+}
+
+const DURATIONS_KEPT: usize = 1024;
+
+impl Ledger {
+    pub fn new() -> Ledger {
+        Ledger::default()
+    }
+
+    /// Record a confirmed start. Returns false if it was already known.
+    pub fn started(&mut self, name: &str, now: Secs) -> bool {
+        if self.entries.contains_key(name) {
+            return false;
+        }
+        self.entries
+            .insert(name.to_string(), Entry { started_at: now });
+        true
+    }
+
+    /// A completion learned from an event. Returns true if it was ours.
+    pub fn completed(&mut self, name: &str, now: Secs) -> bool {
+        match self.entries.remove(name) {
+            Some(e) => {
+                self.record(now - e.started_at);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn record(&mut self, lifetime: Secs) {
+        self.completions += 1;
+        if self.durations.len() == DURATIONS_KEPT {
+            self.durations.pop_front();
+        }
+        self.durations.push_back(lifetime.max(0.0));
+    }
+
+    /// Apply a full ListExecutions(RUNNING) pass that began at `listed_at`.
+    /// Entries started `grace` or more before the pass and absent from it
+    /// have finished; younger ones may just not be listed yet.
+    pub fn reconcile(
+        &mut self,
+        running: &HashSet<String>,
+        listed_at: Secs,
+        grace: Secs,
+    ) -> ReconcileOutcome {
+        let cutoff = listed_at - grace;
+        let done: Vec<(String, Secs)> = self
+            .entries
+            .iter()
+            .filter(|(name, e)| e.started_at < cutoff && !running.contains(*name))
+            .map(|(name, e)| (name.clone(), e.started_at))
+            .collect();
+        for (name, started_at) in &done {
+            self.entries.remove(name);
+            self.record(listed_at - started_at);
+        }
+        self.foreign = running
+            .iter()
+            .filter(|n| !self.entries.contains_key(*n))
+            .count();
+        ReconcileOutcome {
+            completed: done.len(),
+            foreign: self.foreign,
+        }
+    }
+
+    /// Executions believed running: ours plus others'.
+    pub fn in_flight(&self) -> usize {
+        self.entries.len() + self.foreign
+    }
+
+    pub fn ours(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn foreign(&self) -> usize {
+        self.foreign
+    }
+
+    pub fn completions(&self) -> u64 {
+        self.completions
+    }
+
+    /// The q-quantile of recently observed lifetimes (as detected, so a
+    /// little long: conservative for the stability window).
+    pub fn lifetime_quantile(&self, q: f64) -> Option<Secs> {
+        if self.durations.is_empty() {
+            return None;
+        }
+        let mut v: Vec<Secs> = self.durations.iter().copied().collect();
+        v.sort_by(f64::total_cmp);
+        let i = ((v.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+        Some(v[i])
+    }
+
+    /// Mean of recently observed lifetimes.
+    pub fn mean_lifetime(&self) -> Option<Secs> {
+        if self.durations.is_empty() {
+            return None;
+        }
+        Some(self.durations.iter().sum::<f64>() / self.durations.len() as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(names: &[&str]) -> HashSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn reconcile_drops_finished_keeps_young_and_counts_foreign() {
+        let mut l = Ledger::new();
+        l.started("old-done", 0.0);
+        l.started("old-running", 1.0);
+        l.started("young", 95.0);
+        // Listing at t=100 with 30 s grace: "young" is not listed yet.
+        let out = l.reconcile(&set(&["old-running", "other-1", "other-2"]), 100.0, 30.0);
+        assert_eq!(out, ReconcileOutcome { completed: 1, foreign: 2 });
+        assert_eq!(l.ours(), 2);
+        assert_eq!(l.in_flight(), 4);
+        assert_eq!(l.mean_lifetime(), Some(100.0));
+    }
+
+    #[test]
+    fn a_start_is_counted_once() {
+        let mut l = Ledger::new();
+        assert!(l.started("a", 0.0));
+        assert!(!l.started("a", 5.0));
+        assert_eq!(l.in_flight(), 1);
+        assert!(l.completed("a", 50.0));
+        assert!(!l.completed("a", 51.0));
+        assert_eq!(l.in_flight(), 0);
+        assert_eq!(l.completions(), 1);
+    }
+
+    #[test]
+    fn a_foreign_execution_we_later_start_is_not_counted_twice() {
+        let mut l = Ledger::new();
+        l.reconcile(&set(&["x"]), 10.0, 30.0);
+        assert_eq!(l.in_flight(), 1);
+        l.started("x", 11.0);
+        l.reconcile(&set(&["x"]), 20.0, 30.0);
+        assert_eq!(l.in_flight(), 1);
+    }
+
+    #[test]
+    fn quantiles_of_lifetimes() {
+        let mut l = Ledger::new();
+        for i in 0..100 {
+            l.started(&format!("e{i}"), 0.0);
+        }
+        for i in 0..100 {
+            l.completed(&format!("e{i}"), (i + 1) as f64);
+        }
+        assert_eq!(l.lifetime_quantile(0.9), Some(90.0));
+        assert_eq!(l.lifetime_quantile(0.0), Some(1.0));
+    }
+}

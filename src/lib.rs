@@ -1,0 +1,18 @@
+//! fanout drains SQS work queues into AWS Step Functions executions and
+//! holds the Lambda concurrency those executions use at a ceiling.
+//!
+//! # Layout
+//! - [`config`]: the controller's TOML config, defaults and validation.
+//! - [`ports`]: the async traits the controller drives (queues, executions,
+//!   concurrency metrics, metrics sink), in the project's own types.
+//! - [`control`]: decision logic without I/O: admission budget, ledger,
+//!   estimator, naming, pacing.
+//! - [`controller`]: the async loop wiring ports and decisions; shutdown.
+//! - [`sim`]: simulated SQS, Step Functions, Lambda and CloudWatch in
+//!   virtual time, scenarios and the run report.
+
+pub mod config;
+pub mod control;
+pub mod controller;
+pub mod ports;
+pub mod sim;

@@ -1,0 +1,167 @@
+//! Ports: the narrow async interfaces the controller drives, in the project's
+//! own types. The AWS SDK adapters, the embedded simulator and test fakes
+//! implement them; nothing here names an SDK type.
+
+use std::future::Future;
+use std::time::Duration;
+
+/// How a backend call failed, as the controller needs to react to it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    /// The service asked us to slow down; retry later with backoff.
+    #[error("throttled by {service} ({code})")]
+    Throttled { service: &'static str, code: String },
+    /// A transient failure (5xx, timeout, connection reset); retry.
+    #[error("transient error from {service} ({code}): {message}")]
+    Transient {
+        service: &'static str,
+        code: String,
+        message: String,
+    },
+    /// The request can never succeed as sent (bad input, missing permission).
+    #[error("permanent error from {service} ({code}): {message}")]
+    Permanent {
+        service: &'static str,
+        code: String,
+        message: String,
+    },
+}
+
+impl PortError {
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, PortError::Permanent { .. })
+    }
+}
+
+/// One message received from a work queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// SQS MessageId: stable across redeliveries.
+    pub id: String,
+    /// Receipt handle of this delivery; needed to delete or hide it.
+    pub receipt: String,
+    pub body: String,
+    /// ApproximateReceiveCount including this delivery.
+    pub receive_count: u32,
+}
+
+/// Outcome of one entry of a batch call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryFailure {
+    /// Index of the entry in the request.
+    pub index: usize,
+    pub error: PortError,
+}
+
+/// An SQS-like queue. Batch calls take at most 10 entries and fail per entry.
+pub trait WorkQueue: Send + Sync {
+    /// Receive up to `max` (1..=10) messages, hiding them for `visibility`.
+    /// `wait` > 0 long-polls: return as soon as any message is available.
+    fn receive(
+        &self,
+        max: usize,
+        visibility: Duration,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Vec<Message>, PortError>> + Send;
+
+    /// Delete by receipt handle. Returns the entries that failed.
+    fn delete_batch(
+        &self,
+        receipts: &[String],
+    ) -> impl Future<Output = Result<Vec<EntryFailure>, PortError>> + Send;
+
+    /// Set the remaining visibility of each message (0 hands it back).
+    fn change_visibility_batch(
+        &self,
+        receipts: &[String],
+        visibility: Duration,
+    ) -> impl Future<Output = Result<Vec<EntryFailure>, PortError>> + Send;
+
+    /// Send bodies, each with optional string attributes. Returns failures.
+    fn send_batch(
+        &self,
+        entries: &[OutgoingMessage],
+    ) -> impl Future<Output = Result<Vec<EntryFailure>, PortError>> + Send;
+}
+
+/// A message to send.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OutgoingMessage {
+    pub body: String,
+    pub delay: Duration,
+    pub attributes: Vec<(String, String)>,
+}
+
+/// What StartExecution did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartOutcome {
+    /// Started now, or the same name and input was already running
+    /// (Standard workflows return the original execution).
+    Started,
+    /// `ExecutionAlreadyExists`: this name was used before. For a
+    /// deterministic name that means this message was already started.
+    AlreadyExists,
+}
+
+/// One page of running executions, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExecutionPage {
+    pub names: Vec<String>,
+    pub next_token: Option<String>,
+}
+
+/// Step Functions, for one state machine.
+pub trait Executions: Send + Sync {
+    fn start(
+        &self,
+        name: &str,
+        input: &str,
+    ) -> impl Future<Output = Result<StartOutcome, PortError>> + Send;
+
+    /// One page (up to 1,000) of RUNNING executions.
+    fn list_running(
+        &self,
+        next_token: Option<String>,
+    ) -> impl Future<Output = Result<ExecutionPage, PortError>> + Send;
+}
+
+/// One published minute of Lambda concurrency.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConcurrencySample {
+    /// Start of the minute, seconds since the backend's epoch (the same
+    /// clock as `tokio::time::Instant` offsets handed to `samples_since`).
+    pub minute_start_s: u64,
+    /// Maximum concurrency of the pipeline's functions in that minute.
+    pub pipeline_max: f64,
+    /// Maximum account-wide concurrency in that minute, when known.
+    pub account_max: Option<f64>,
+}
+
+/// CloudWatch `ConcurrentExecutions`, 1-minute maxima, late and sometimes
+/// missing: a minute may never appear.
+pub trait ConcurrencyMetrics: Send + Sync {
+    /// The backend's current time on the scale of `minute_start_s` (Unix
+    /// seconds on AWS, virtual seconds in the simulator).
+    fn now_s(&self) -> f64;
+
+    /// Published samples whose minute starts at or after `since_s`.
+    fn samples_since(
+        &self,
+        since_s: u64,
+    ) -> impl Future<Output = Result<Vec<ConcurrencySample>, PortError>> + Send;
+}
+
+/// Where the controller reports its own gauges and counters.
+pub trait MetricsSink: Send + Sync {
+    fn gauge(&self, name: &'static str, value: f64);
+    fn count(&self, name: &'static str, value: u64);
+}
+
+/// A sink that drops everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoMetrics;
+
+impl MetricsSink for NoMetrics {
+    fn gauge(&self, _: &'static str, _: f64) {}
+    fn count(&self, _: &'static str, _: u64) {}
+}
