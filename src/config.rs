@@ -514,10 +514,16 @@ impl Config {
             );
         }
         if c.max_receives_in_flight == 0 {
-            bad("controller.max_receives_in_flight", "must be at least 1".into());
+            bad(
+                "controller.max_receives_in_flight",
+                "must be at least 1".into(),
+            );
         }
         if c.max_starts_in_flight == 0 {
-            bad("controller.max_starts_in_flight", "must be at least 1".into());
+            bad(
+                "controller.max_starts_in_flight",
+                "must be at least 1".into(),
+            );
         }
         if c.start_rate_per_s == 0 {
             bad("controller.start_rate_per_s", "must be at least 1".into());
@@ -535,7 +541,10 @@ impl Config {
             bad("controller.ramp_initial", "must not be negative".into());
         }
         if c.reconcile_interval_secs == 0 {
-            bad("controller.reconcile_interval_secs", "must be at least 1".into());
+            bad(
+                "controller.reconcile_interval_secs",
+                "must be at least 1".into(),
+            );
         }
         if c.list_pages_per_s == 0 {
             bad("controller.list_pages_per_s", "must be at least 1".into());
@@ -686,7 +695,11 @@ mod tests {
                 let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
                 assert_eq!(
                     fields,
-                    ["controller.ceiling", "controller.tick_ms", "naming.template"]
+                    [
+                        "controller.ceiling",
+                        "controller.tick_ms",
+                        "naming.template"
+                    ]
                 );
             }
             other => panic!("expected Invalid, got {other}"),

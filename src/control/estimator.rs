@@ -223,7 +223,10 @@ mod tests {
         run(&mut e, 0, 600, |_| 5000);
         let got = e.on_sample(&sample(5, 9500.0), Some(120.0));
         let want = 1.9 * 1.02;
-        assert!(matches!(got, SampleUse::Learned(k) if (k - want).abs() < 1e-9), "{got:?}");
+        assert!(
+            matches!(got, SampleUse::Learned(k) if (k - want).abs() < 1e-9),
+            "{got:?}"
+        );
         assert!((e.k() - want).abs() < 1e-9);
     }
 
@@ -242,7 +245,10 @@ mod tests {
     fn no_lifetime_known_means_no_learning() {
         let mut e = est();
         run(&mut e, 0, 600, |_| 5000);
-        assert!(matches!(e.on_sample(&sample(5, 9500.0), None), SampleUse::Held(_)));
+        assert!(matches!(
+            e.on_sample(&sample(5, 9500.0), None),
+            SampleUse::Held(_)
+        ));
         assert_eq!(e.k(), 3.0);
     }
 
@@ -250,6 +256,9 @@ mod tests {
     fn minutes_before_the_controller_ran_are_ignored() {
         let mut e = est();
         run(&mut e, 600, 700, |_| 100);
-        assert_eq!(e.on_sample(&sample(2, 500.0), Some(60.0)), SampleUse::Ignored);
+        assert_eq!(
+            e.on_sample(&sample(2, 500.0), Some(60.0)),
+            SampleUse::Ignored
+        );
     }
 }

@@ -148,7 +148,13 @@ mod tests {
         l.started("young", 95.0);
         // Listing at t=100 with 30 s grace: "young" is not listed yet.
         let out = l.reconcile(&set(&["old-running", "other-1", "other-2"]), 100.0, 30.0);
-        assert_eq!(out, ReconcileOutcome { completed: 1, foreign: 2 });
+        assert_eq!(
+            out,
+            ReconcileOutcome {
+                completed: 1,
+                foreign: 2
+            }
+        );
         assert_eq!(l.ours(), 2);
         assert_eq!(l.in_flight(), 4);
         assert_eq!(l.mean_lifetime(), Some(100.0));

@@ -17,7 +17,9 @@ pub enum TemplateError {
     Empty(usize),
     #[error("stray '}}' at byte {0}")]
     Stray(usize),
-    #[error("the template produces the same name for every message; include {{message_id}}, {{hash}} or a body field")]
+    #[error(
+        "the template produces the same name for every message; include {{message_id}}, {{hash}} or a body field"
+    )]
     Constant,
 }
 
@@ -192,12 +194,18 @@ mod tests {
     #[test]
     fn unstartable_bodies_say_why() {
         let n = Namer::new("{company_id}").unwrap();
-        assert!(matches!(n.name("m", "not json"), Err(Unstartable::NotJson(_))));
+        assert!(matches!(
+            n.name("m", "not json"),
+            Err(Unstartable::NotJson(_))
+        ));
         assert_eq!(
             n.name("m", r#"{"other":1}"#),
             Err(Unstartable::MissingField("company_id".into()))
         );
-        let big = format!(r#"{{"company_id":"x","pad":"{}"}}"#, "a".repeat(MAX_INPUT_BYTES));
+        let big = format!(
+            r#"{{"company_id":"x","pad":"{}"}}"#,
+            "a".repeat(MAX_INPUT_BYTES)
+        );
         assert!(matches!(n.name("m", &big), Err(Unstartable::TooLarge(_))));
         // The default template still refuses non-JSON: it could never start.
         let d = Namer::new("{message_id}").unwrap();

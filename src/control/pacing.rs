@@ -116,9 +116,10 @@ mod tests {
         let d: Vec<_> = b.take(8).collect();
         assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(100));
         assert!(d[7] >= Duration::from_secs(1) && d[7] <= Duration::from_secs(2));
-        let again: Vec<_> = Backoff::new(Duration::from_millis(100), Duration::from_secs(2), 2.0, 7)
-            .take(8)
-            .collect();
+        let again: Vec<_> =
+            Backoff::new(Duration::from_millis(100), Duration::from_secs(2), 2.0, 7)
+                .take(8)
+                .collect();
         assert_eq!(d, again, "seeded: reproducible");
     }
 }
