@@ -1,0 +1,177 @@
+//! Runs the production controller against the simulated world with the
+//! tokio clock paused: hours of AWS time in seconds, reproducibly.
+
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::watch;
+
+use crate::config::{Config, Policy};
+use crate::controller::{Backends, Controller, ControllerError, Source};
+use crate::ports::NoMetrics;
+use crate::sim::ports::{Shared, SimExecutions, SimMetrics, SimQueue};
+use crate::sim::report::Report;
+use crate::sim::scenario::Scenario;
+use crate::sim::world::{BULK, BULK_DLQ, COMPLETIONS, PRIORITY, PRIORITY_DLQ, World};
+
+pub struct SimOptions {
+    pub scenario: Scenario,
+    pub config: Config,
+    pub policy: Policy,
+    pub seed: u64,
+    pub progress: bool,
+}
+
+enum Until {
+    Finished,
+    Crash,
+    TimeLimit,
+}
+
+fn backends(shared: &Shared, sc: &Scenario) -> Backends<SimQueue, SimExecutions, SimMetrics, NoMetrics> {
+    let sqs = Duration::from_millis(sc.sqs.latency_ms);
+    let q = |queue| SimQueue {
+        shared: shared.clone(),
+        queue,
+        latency: sqs,
+    };
+    Backends {
+        sources: vec![
+            Source {
+                name: "priority".into(),
+                queue: q(PRIORITY),
+                dlq: q(PRIORITY_DLQ),
+            },
+            Source {
+                name: "bulk".into(),
+                queue: q(BULK),
+                dlq: q(BULK_DLQ),
+            },
+        ],
+        completions: sc.sfn.completion_events.then(|| q(COMPLETIONS)),
+        executions: SimExecutions {
+            shared: shared.clone(),
+            latency: Duration::from_millis(sc.sfn.latency_ms),
+        },
+        metrics: SimMetrics {
+            shared: shared.clone(),
+            latency: Duration::from_millis(40),
+        },
+        sink: NoMetrics,
+    }
+}
+
+/// Run a simulation on a fresh current-thread runtime with paused time.
+pub fn run(opts: SimOptions) -> Result<Report, ControllerError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime");
+    rt.block_on(simulate(opts))
+}
+
+/// Run a simulation; the caller's runtime must have its clock paused.
+pub async fn simulate(opts: SimOptions) -> Result<Report, ControllerError> {
+    let wall = std::time::Instant::now();
+    let sc = &opts.scenario;
+    let shared = Shared::new(World::new(sc, opts.seed));
+    let total = shared.at_now().origins.len() as u64;
+    let bar = if opts.progress {
+        let b = ProgressBar::new(total);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} done  {msg}",
+            )
+            .expect("valid template"),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut crashes = sc.crash_faults().into_iter();
+    let mut next_crash = crashes.next();
+    let limit = sc.max_virtual_secs as f64;
+    let mut lives = 0u32;
+    let end;
+    loop {
+        lives += 1;
+        let (tx, rx) = watch::channel(false);
+        let ctl = Controller::new(
+            opts.config.clone(),
+            opts.policy,
+            backends(&shared, sc),
+            opts.seed.wrapping_add(u64::from(lives)),
+        )?;
+        let run = ctl.run(rx);
+        tokio::pin!(run);
+        let crash_at = next_crash.map(|c| c.0);
+        let outcome = tokio::select! {
+            _ = &mut run => Until::Finished,
+            u = watch_world(&shared, &bar, crash_at, limit) => u,
+        };
+        match outcome {
+            Until::Crash => {
+                // Memory lost, AWS state kept: drop the controller as is.
+                drop(run);
+                let (_, restart_after) = next_crash.expect("crash scheduled");
+                next_crash = crashes.next();
+                let resume = shared.now_s() + restart_after;
+                if let Until::Finished | Until::TimeLimit =
+                    watch_world(&shared, &bar, Some(resume), limit).await
+                {
+                    end = shared.now_s();
+                    break;
+                }
+            }
+            Until::Finished | Until::TimeLimit => {
+                end = shared.now_s();
+                tx.send_replace(true);
+                let _ = tokio::time::timeout(Duration::from_secs(60), run).await;
+                break;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let w = shared.at_now();
+    Ok(Report::build(
+        &w,
+        &opts.policy.to_string(),
+        opts.seed,
+        opts.config.controller.ceiling,
+        end,
+        lives,
+        wall.elapsed().as_secs_f64(),
+    ))
+}
+
+/// Tick the world each virtual second until it is finished, `until` is
+/// reached (Crash) or the time limit.
+async fn watch_world(shared: &Shared, bar: &ProgressBar, until: Option<f64>, limit: f64) -> Until {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = shared.now_s();
+        let mut w = shared.at_now();
+        w.record_depth();
+        if (now as u64).is_multiple_of(5) {
+            let done = w.origins.iter().filter(|o| o.deleted || o.in_dlq).count() as u64;
+            bar.set_position(done);
+            bar.set_message(format!(
+                "t={:.0}s running={} lambdas={} backlog={}",
+                now,
+                w.running_executions(),
+                w.pipeline_concurrency(),
+                w.backlog()
+            ));
+        }
+        if w.finished() {
+            return Until::Finished;
+        }
+        if now >= limit {
+            return Until::TimeLimit;
+        }
+        if until.is_some_and(|u| now >= u) {
+            return Until::Crash;
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The ports over the simulated world. Each call waits its latency on the
+//! tokio clock, then advances the world to "now" and acts.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::ports::{
+    ConcurrencyMetrics, ConcurrencySample, EntryFailure, ExecutionPage, Executions, Message,
+    OutgoingMessage, PortError, StartOutcome, WorkQueue,
+};
+use crate::sim::world::World;
+
+/// The world shared by every port, with the instant virtual time 0 maps to.
+#[derive(Clone)]
+pub struct Shared {
+    world: Arc<Mutex<World>>,
+    epoch: Instant,
+}
+
+impl Shared {
+    pub fn new(world: World) -> Shared {
+        Shared {
+            world: Arc::new(Mutex::new(world)),
+            epoch: Instant::now(),
+        }
+    }
+
+    pub fn now_s(&self) -> f64 {
+        self.epoch.elapsed().as_secs_f64()
+    }
+
+    /// The world, advanced to now.
+    pub fn at_now(&self) -> MutexGuard<'_, World> {
+        let now = self.now_s();
+        let mut w = self.world.lock().unwrap_or_else(|p| p.into_inner());
+        w.advance(now);
+        w
+    }
+}
+
+pub struct SimQueue {
+    pub shared: Shared,
+    pub queue: usize,
+    pub latency: Duration,
+}
+
+impl WorkQueue for SimQueue {
+    async fn receive(
+        &self,
+        max: usize,
+        visibility: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Message>, PortError> {
+        tokio::time::sleep(self.latency).await;
+        let deadline = Instant::now() + wait;
+        loop {
+            let got = self
+                .shared
+                .at_now()
+                .receive(self.queue, max.clamp(1, 10), visibility.as_secs_f64())?;
+            if !got.is_empty() || Instant::now() >= deadline {
+                return Ok(got);
+            }
+            // Long poll: look again shortly, as SQS returns on arrival.
+            let step = Duration::from_millis(200).min(deadline - Instant::now());
+            tokio::time::sleep(step).await;
+        }
+    }
+
+    async fn delete_batch(&self, receipts: &[String]) -> Result<Vec<EntryFailure>, PortError> {
+        tokio::time::sleep(self.latency).await;
+        self.shared.at_now().delete_batch(self.queue, receipts)
+    }
+
+    async fn change_visibility_batch(
+        &self,
+        receipts: &[String],
+        visibility: Duration,
+    ) -> Result<Vec<EntryFailure>, PortError> {
+        tokio::time::sleep(self.latency).await;
+        self.shared
+            .at_now()
+            .change_visibility_batch(self.queue, receipts, visibility.as_secs_f64())
+    }
+
+    async fn send_batch(&self, entries: &[OutgoingMessage]) -> Result<Vec<EntryFailure>, PortError> {
+        tokio::time::sleep(self.latency).await;
+        self.shared.at_now().send_batch(self.queue, entries)
+    }
+}
+
+pub struct SimExecutions {
+    pub shared: Shared,
+    pub latency: Duration,
+}
+
+impl Executions for SimExecutions {
+    async fn start(&self, name: &str, input: &str) -> Result<StartOutcome, PortError> {
+        tokio::time::sleep(self.latency).await;
+        let same = self.shared.at_now().start_execution(name, input)?;
+        Ok(if same {
+            StartOutcome::Started
+        } else {
+            StartOutcome::AlreadyExists
+        })
+    }
+
+    async fn list_running(&self, next_token: Option<String>) -> Result<ExecutionPage, PortError> {
+        tokio::time::sleep(self.latency).await;
+        let (names, next_token) = self.shared.at_now().list_running(next_token)?;
+        Ok(ExecutionPage { names, next_token })
+    }
+}
+
+pub struct SimMetrics {
+    pub shared: Shared,
+    pub latency: Duration,
+}
+
+impl ConcurrencyMetrics for SimMetrics {
+    fn now_s(&self) -> f64 {
+        self.shared.now_s()
+    }
+
+    async fn samples_since(&self, since_s: u64) -> Result<Vec<ConcurrencySample>, PortError> {
+        tokio::time::sleep(self.latency).await;
+        self.shared.at_now().concurrency_samples(since_s)
+    }
+}

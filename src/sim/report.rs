@@ -1,0 +1,178 @@
+//! The run report. Field names are stable: other tools parse them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sim::world::World;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub scenario: String,
+    pub policy: String,
+    pub seed: u64,
+    /// Workload messages (bulk, priority, arrivals, bad bodies).
+    pub messages: u64,
+    /// Messages with at least one execution.
+    pub started: u64,
+    /// Executions beyond one per message.
+    pub duplicates: u64,
+    /// Messages neither started nor in a DLQ at the end.
+    pub lost: u64,
+    /// Messages in a dead-letter queue at the end.
+    pub dlq: u64,
+    /// Virtual seconds until the last execution closed.
+    pub makespan_s: f64,
+    /// Total pipeline Lambda-seconds / ceiling: the shortest possible run.
+    pub ideal_s: f64,
+    pub efficiency: f64,
+    pub ceiling: u32,
+    pub peak_concurrency: u32,
+    /// Mean pipeline concurrency / ceiling over the middle 80 % of the run.
+    pub utilization: f64,
+    /// Highest receive count of any started message.
+    pub max_receive_count: u32,
+    pub lambda_throttles: u64,
+    pub executions_failed: u64,
+    /// API calls per service.
+    pub api_calls: BTreeMap<String, u64>,
+    /// API calls per operation ("sqs.ReceiveMessage", ...).
+    pub api_calls_by_operation: BTreeMap<String, u64>,
+    /// Calls other than StartExecution per started execution.
+    pub overhead_calls_per_start: f64,
+    /// Start latency of priority messages, virtual seconds (None if none).
+    pub priority_p50_s: Option<f64>,
+    pub priority_p99_s: Option<f64>,
+    pub controller_lives: u32,
+    /// Wall-clock seconds the simulation took.
+    pub wall_s: f64,
+}
+
+fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    Some(sorted[i])
+}
+
+impl Report {
+    pub fn build(w: &World, policy: &str, seed: u64, ceiling: u32, end: f64, lives: u32, wall_s: f64) -> Report {
+        let mut started = 0;
+        let mut duplicates = 0;
+        let mut lost = 0;
+        let mut dlq = 0;
+        let mut max_rc = 0;
+        let mut prio = Vec::new();
+        for o in &w.origins {
+            if o.executions > 0 {
+                started += 1;
+                duplicates += u64::from(o.executions - 1);
+                max_rc = max_rc.max(o.receive_count_at_delete);
+            } else if !o.in_dlq {
+                lost += 1;
+            }
+            if o.in_dlq {
+                dlq += 1;
+            }
+            if o.priority
+                && let Some(t) = o.first_start
+            {
+                prio.push(t - o.enqueued_at);
+            }
+        }
+        prio.sort_by(f64::total_cmp);
+        let makespan = if lost > 0 { end } else { w.stats.last_close.max(1e-9) };
+        let ideal = w.stats.lambda_seconds / f64::from(ceiling);
+        let from = (makespan * 0.1) as usize;
+        let to = ((makespan * 0.9) as usize).min(w.stats.conc_integral.len());
+        let mid: f64 = w.stats.conc_integral.get(from..to).map_or(0.0, |s| s.iter().sum());
+        let utilization = if to > from {
+            mid / ((to - from) as f64 * f64::from(ceiling))
+        } else {
+            0.0
+        };
+        let mut api_calls = BTreeMap::new();
+        let mut by_op = BTreeMap::new();
+        let mut overhead = 0u64;
+        for (op, n) in &w.stats.api_calls {
+            let service = op.split('.').next().unwrap_or(op).to_string();
+            *api_calls.entry(service).or_insert(0) += n;
+            by_op.insert(op.to_string(), *n);
+            if *op != "sfn.StartExecution" {
+                overhead += n;
+            }
+        }
+        let round = |x: f64| (x * 1000.0).round() / 1000.0;
+        Report {
+            scenario: w.scenario().name.clone(),
+            policy: policy.to_string(),
+            seed,
+            messages: w.origins.len() as u64,
+            started,
+            duplicates,
+            lost,
+            dlq,
+            makespan_s: round(makespan),
+            ideal_s: round(ideal),
+            efficiency: round(ideal / makespan),
+            ceiling,
+            peak_concurrency: w.stats.peak,
+            utilization: round(utilization),
+            max_receive_count: max_rc,
+            lambda_throttles: w.stats.lambda_throttles,
+            executions_failed: w.stats.executions_failed,
+            api_calls,
+            api_calls_by_operation: by_op,
+            overhead_calls_per_start: round(overhead as f64 / started.max(1) as f64),
+            priority_p50_s: quantile(&prio, 0.5).map(round),
+            priority_p99_s: quantile(&prio, 0.99).map(round),
+            controller_lives: lives,
+            wall_s: round(wall_s),
+        }
+    }
+
+    /// The human summary: the same fields, aligned.
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        let mut line = |k: &str, v: String| s.push_str(&format!("  {k:<26}{v}\n"));
+        line("scenario", self.scenario.clone());
+        line("policy", self.policy.clone());
+        line("seed", self.seed.to_string());
+        line("messages", self.messages.to_string());
+        line("started", self.started.to_string());
+        line("duplicates", self.duplicates.to_string());
+        line("lost", self.lost.to_string());
+        line("dlq", self.dlq.to_string());
+        line(
+            "makespan_s",
+            format!("{:.0} ({:.1} min)", self.makespan_s, self.makespan_s / 60.0),
+        );
+        line("ideal_s", format!("{:.0}", self.ideal_s));
+        line("efficiency", format!("{:.3}", self.efficiency));
+        line("ceiling", self.ceiling.to_string());
+        line("peak_concurrency", self.peak_concurrency.to_string());
+        line("utilization", format!("{:.3}", self.utilization));
+        line("max_receive_count", self.max_receive_count.to_string());
+        line("lambda_throttles", self.lambda_throttles.to_string());
+        line("executions_failed", self.executions_failed.to_string());
+        line(
+            "api_calls",
+            self.api_calls
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+        line(
+            "overhead_calls_per_start",
+            format!("{:.3}", self.overhead_calls_per_start),
+        );
+        let opt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.2}"));
+        line("priority_p50_s", opt(self.priority_p50_s));
+        line("priority_p99_s", opt(self.priority_p99_s));
+        line("controller_lives", self.controller_lives.to_string());
+        line("wall_s", format!("{:.2}", self.wall_s));
+        s
+    }
+}
