@@ -3,6 +3,9 @@
 //! and is documented in `config/fanout.toml`; `validate` reports every
 //! problem at once.
 
+// Negated comparisons are deliberate: a NaN must fail validation.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::Path;
@@ -32,7 +35,7 @@ impl fmt::Display for Policy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -56,22 +59,6 @@ pub struct Config {
     /// AWS connection settings (ignored by the simulator).
     #[serde(default)]
     pub aws: AwsConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            controller: ControllerConfig::default(),
-            naming: NamingConfig::default(),
-            estimator: EstimatorConfig::default(),
-            retry: RetryConfig::default(),
-            seed: SeedPolicyConfig::default(),
-            fixed: FixedPolicyConfig::default(),
-            queues: Vec::new(),
-            completion_queue: None,
-            aws: AwsConfig::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -537,8 +524,14 @@ impl Config {
                 "must be positive".into(),
             );
         }
-        if !(c.ramp_initial >= 0.0) {
-            bad("controller.ramp_initial", "must not be negative".into());
+        if !(c.ramp_initial >= c.max_lambdas_per_execution) {
+            bad(
+                "controller.ramp_initial",
+                format!(
+                    "{} must be at least controller.max_lambdas_per_execution ({}), or nothing can ever start",
+                    c.ramp_initial, c.max_lambdas_per_execution
+                ),
+            );
         }
         if c.reconcile_interval_secs == 0 {
             bad(

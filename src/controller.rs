@@ -90,6 +90,7 @@ struct State {
     ready: bool,
     summary: RunSummary,
     last_observed_s: f64,
+    paused_until: Secs,
 }
 
 /// What happened to one message in hand.
@@ -116,6 +117,8 @@ pub struct Controller<Q, E, M, S> {
 }
 
 const BATCH: usize = 10;
+/// How long admission stops after a permanent StartExecution error.
+const PERMANENT_PAUSE: Duration = Duration::from_secs(60);
 
 impl<Q, E, M, S> Controller<Q, E, M, S>
 where
@@ -144,6 +147,7 @@ where
             ready: false,
             summary: RunSummary::default(),
             last_observed_s: f64::NEG_INFINITY,
+            paused_until: f64::NEG_INFINITY,
         };
         Ok(Controller {
             start_pacer: Pacer::new(c.start_rate_per_s, c.start_burst),
@@ -178,8 +182,10 @@ where
         let admission = async {
             match self.policy {
                 Policy::Seed => {
-                    let pollers =
-                        (0..self.cfg.seed.pollers).map(|i| self.seed_poller(i, shutdown.clone()));
+                    // One event source mapping per queue, each with its pollers.
+                    let pollers = (0..self.b.sources.len())
+                        .flat_map(|src| std::iter::repeat_n(src, self.cfg.seed.pollers))
+                        .map(|src| self.seed_poller(src, shutdown.clone()));
                     futures::future::join_all(pollers).await;
                 }
                 _ => self.admission_loop(shutdown.clone()).await,
@@ -213,6 +219,10 @@ where
         s.gauge("in_hand", snap.in_hand as f64);
     }
 
+    fn paused(&self) -> bool {
+        self.state().paused_until > self.now()
+    }
+
     /// One admission decision; also feeds the estimator's history.
     fn decide(&self) -> usize {
         let now = self.now();
@@ -229,7 +239,9 @@ where
             in_hand: st.in_hand,
             k: st.estimator.k(),
             other_load: st.estimator.other_load(),
-            lifetime: st.ledger.mean_lifetime(),
+            lifetime: (st.ledger.completions() >= self.cfg.estimator.min_completions)
+                .then(|| st.ledger.mean_lifetime())
+                .flatten(),
         };
         let d = st.admission.decide(inputs);
         self.publish(&st, d.budget, d.target);
@@ -244,6 +256,12 @@ where
         let step_cap = ((c.start_rate_per_s as usize) / 2).max(BATCH);
         let mut idle = false;
         while !*shutdown.borrow() {
+            // Until the first reconcile, executions already running (a
+            // previous life, another replica) are unknown: admit nothing.
+            if !self.state().ready || self.paused() {
+                sleep_unless(tick, &shutdown).await;
+                continue;
+            }
             let budget = self.decide().min(step_cap);
             if budget == 0 {
                 sleep_unless(tick, &shutdown).await;
@@ -388,7 +406,11 @@ where
                     warn!(message_id = %m.id, execution = %name, error = %e,
                         "StartExecution refused; message handed back, check aws.state_machine_arn and the task role");
                     self.b.sink.count("start_errors_permanent", 1);
-                    return Fate::Requeue(Duration::from_secs(60));
+                    // Stop receiving for a while: otherwise every message
+                    // would be received and handed back until the redrive
+                    // policy dead-letters the whole backlog.
+                    self.state().paused_until = self.now() + PERMANENT_PAUSE.as_secs_f64();
+                    return Fate::Requeue(PERMANENT_PAUSE);
                 }
                 Err(e) => {
                     if matches!(e, PortError::Throttled { .. }) {
@@ -420,7 +442,7 @@ where
                             }
                         }
                     }
-                    tokio::time::sleep(delay).await;
+                    sleep_unless(delay, shutdown).await;
                 }
             }
         }
@@ -557,14 +579,11 @@ where
 
     /// The seed policy: receive first, check room per message, put back
     /// with a delay when there is none (raising its receive count).
-    async fn seed_poller(&self, i: usize, shutdown: watch::Receiver<bool>) {
+    async fn seed_poller(&self, src: usize, shutdown: watch::Receiver<bool>) {
         let vis = self.cfg.controller.visibility();
         let delay = Duration::from_secs(self.cfg.seed.requeue_delay_secs);
         let wait = Duration::from_secs(self.cfg.controller.idle_wait_secs);
-        let mut rr = i;
         while !*shutdown.borrow() {
-            let src = rr % self.b.sources.len();
-            rr += 1;
             let msgs = match self.b.sources[src].queue.receive(BATCH, vis, wait).await {
                 Ok(m) => m,
                 Err(e) => {
@@ -581,7 +600,7 @@ where
             for m in msgs {
                 let fate = if *shutdown.borrow() {
                     Fate::Release
-                } else if self.decide() > 0 {
+                } else if self.state().ready && !self.paused() && self.decide() > 0 {
                     self.start_one(src, &m, &shutdown).await
                 } else {
                     Fate::Requeue(delay)

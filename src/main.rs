@@ -11,7 +11,11 @@ use fanout::config::{Config, Policy};
 use fanout::sim::{self, Scenario, SimOptions};
 
 #[derive(Parser)]
-#[command(name = "fanout", version, about = "Drain SQS work queues into Step Functions executions at the Lambda ceiling")]
+#[command(
+    name = "fanout",
+    version,
+    about = "Drain SQS work queues into Step Functions executions at the Lambda ceiling"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -81,7 +85,10 @@ fn simulate(a: SimulateArgs) -> Result<()> {
     if scenario.workload.bulk + scenario.workload.priority == 0
         && scenario.workload.priority_arrivals.is_none()
     {
-        bail!("scenario {} has no work: set workload.bulk or workload.priority", scenario.name);
+        bail!(
+            "scenario {} has no work: set workload.bulk or workload.priority",
+            scenario.name
+        );
     }
     let progress = !a.json && std::io::stderr().is_terminal();
     let report = sim::run(SimOptions {

@@ -49,6 +49,7 @@ pub struct Admission {
     ramp_rate: f64,
     ramp_initial: f64,
     fixed_cap: usize,
+    seed_multiplier: f64,
     ramp_cap: f64,
     allowed: f64,
     last: Option<Secs>,
@@ -66,6 +67,7 @@ impl Admission {
             ramp_rate: c.ramp_concurrency_per_s,
             ramp_initial: c.ramp_initial,
             fixed_cap: cfg.fixed_cap() as usize,
+            seed_multiplier: cfg.seed.multiplier,
             ramp_cap: c.ramp_initial,
             allowed: c.ramp_initial / c.max_lambdas_per_execution,
             last: None,
@@ -98,10 +100,11 @@ impl Admission {
             Policy::Seed => {
                 // The seed checks each message after receiving it; the
                 // budget only says whether there is room for one more.
-                let room = self.ceiling - committed as f64 * self.k_max;
-                let target = (self.ceiling / self.k_max) as usize;
+                let m = self.seed_multiplier;
+                let room = self.ceiling - committed as f64 * m;
+                let target = (self.ceiling / m) as usize;
                 Decision {
-                    budget: usize::from(room > self.k_max),
+                    budget: usize::from(room > m),
                     target,
                     limit: Limit::Ceiling,
                 }

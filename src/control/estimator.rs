@@ -16,8 +16,6 @@ use crate::ports::ConcurrencySample;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct MinuteStats {
-    min: f64,
-    max: f64,
     sum: f64,
     n: u32,
 }
@@ -90,14 +88,10 @@ impl Estimator {
     pub fn observe_running(&mut self, t_s: f64, running: usize) {
         let minute = (t_s.max(0.0) as u64) / 60 * 60;
         let r = running as f64;
-        let e = self.minutes.entry(minute).or_insert(MinuteStats {
-            min: r,
-            max: r,
-            sum: 0.0,
-            n: 0,
-        });
-        e.min = e.min.min(r);
-        e.max = e.max.max(r);
+        let e = self
+            .minutes
+            .entry(minute)
+            .or_insert(MinuteStats { sum: 0.0, n: 0 });
         e.sum += r;
         e.n += 1;
         let oldest = minute.saturating_sub(MINUTES_KEPT * 60);
@@ -109,34 +103,29 @@ impl Estimator {
         }
     }
 
-    /// Was the running count within ±stability of its mean from
-    /// `window_s` before the minute through its end?
+    /// Was every minute's mean running count within ±stability of their
+    /// common mean, from `window_s` before the minute through its end?
+    /// Means, not extremes: the count saw-tooths between reconciles.
     fn stable_through(&self, minute: u64, window_s: f64) -> bool {
-        let from = (minute as f64 - window_s).max(0.0) as u64 / 60 * 60;
-        let mut lo = f64::INFINITY;
-        let mut hi = 0.0f64;
-        let mut sum = 0.0;
-        let mut n = 0u32;
+        let start = minute as f64 - window_s;
+        // The first recorded minute is partial: the window must start after it.
+        match self.minutes.first_key_value() {
+            Some((&first, _)) if start >= (first + 60) as f64 => {}
+            _ => return false,
+        }
+        let from = start as u64 / 60 * 60;
+        let mut means = Vec::new();
         let mut m = from;
         while m <= minute {
             match self.minutes.get(&m) {
-                Some(s) => {
-                    lo = lo.min(s.min);
-                    hi = hi.max(s.max);
-                    sum += s.sum;
-                    n += s.n;
-                }
+                Some(s) => means.push(s.mean()),
                 None => return false,
             }
             m += 60;
         }
-        if n == 0 {
-            return false;
-        }
-        let mean = sum / f64::from(n);
-        mean > 0.0
-            && hi <= mean * (1.0 + self.cfg.stability_fraction)
-            && lo >= mean * (1.0 - self.cfg.stability_fraction)
+        let mean = means.iter().sum::<f64>() / means.len() as f64;
+        let tol = self.cfg.stability_fraction;
+        mean > 0.0 && means.iter().all(|x| (x - mean).abs() <= mean * tol)
     }
 
     /// Feed one published minute. `lifetime_s` is a high quantile of
@@ -152,13 +141,13 @@ impl Estimator {
         let Some(stats) = self.minutes.get(&s.minute_start_s).copied() else {
             return SampleUse::Ignored;
         };
-        // The max of the running count: the minute's concurrency maximum
-        // may have come at any point of it, so compare like with like.
         let running = stats.mean();
         if running < MIN_RUNNING {
             return SampleUse::Ignored;
         }
-        let ratio = s.pipeline_max / running * (1.0 + self.cfg.margin_fraction);
+        // No execution is wider than k_max: a higher ratio is an artefact
+        // (per-function maxima from different moments, summed).
+        let ratio = (s.pipeline_max / running * (1.0 + self.cfg.margin_fraction)).min(self.k_max);
         if ratio > self.k {
             self.k = ratio;
             self.stable.clear();
@@ -173,7 +162,7 @@ impl Estimator {
             self.stable.remove(0);
         }
         let learned = self.stable.iter().copied().fold(0.0, f64::max);
-        self.k = learned.clamp(self.cfg.min_lambdas_per_execution, self.k_max.max(self.k));
+        self.k = learned.clamp(self.cfg.min_lambdas_per_execution, self.k_max);
         SampleUse::Learned(self.k)
     }
 }

@@ -28,7 +28,10 @@ enum Until {
     TimeLimit,
 }
 
-fn backends(shared: &Shared, sc: &Scenario) -> Backends<SimQueue, SimExecutions, SimMetrics, NoMetrics> {
+fn backends(
+    shared: &Shared,
+    sc: &Scenario,
+) -> Backends<SimQueue, SimExecutions, SimMetrics, NoMetrics> {
     let sqs = Duration::from_millis(sc.sqs.latency_ms);
     let q = |queue| SimQueue {
         shared: shared.clone(),
@@ -103,8 +106,7 @@ pub async fn simulate(opts: SimOptions) -> Result<Report, ControllerError> {
             backends(&shared, sc),
             opts.seed.wrapping_add(u64::from(lives)),
         )?;
-        let run = ctl.run(rx);
-        tokio::pin!(run);
+        let mut run = Box::pin(ctl.run(rx));
         let crash_at = next_crash.map(|c| c.0);
         let outcome = tokio::select! {
             _ = &mut run => Until::Finished,

@@ -56,10 +56,11 @@ impl WorkQueue for SimQueue {
         tokio::time::sleep(self.latency).await;
         let deadline = Instant::now() + wait;
         loop {
-            let got = self
-                .shared
-                .at_now()
-                .receive(self.queue, max.clamp(1, 10), visibility.as_secs_f64())?;
+            let got = self.shared.at_now().receive(
+                self.queue,
+                max.clamp(1, 10),
+                visibility.as_secs_f64(),
+            )?;
             if !got.is_empty() || Instant::now() >= deadline {
                 return Ok(got);
             }
@@ -85,7 +86,10 @@ impl WorkQueue for SimQueue {
             .change_visibility_batch(self.queue, receipts, visibility.as_secs_f64())
     }
 
-    async fn send_batch(&self, entries: &[OutgoingMessage]) -> Result<Vec<EntryFailure>, PortError> {
+    async fn send_batch(
+        &self,
+        entries: &[OutgoingMessage],
+    ) -> Result<Vec<EntryFailure>, PortError> {
         tokio::time::sleep(self.latency).await;
         self.shared.at_now().send_batch(self.queue, entries)
     }

@@ -57,7 +57,15 @@ fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
 }
 
 impl Report {
-    pub fn build(w: &World, policy: &str, seed: u64, ceiling: u32, end: f64, lives: u32, wall_s: f64) -> Report {
+    pub fn build(
+        w: &World,
+        policy: &str,
+        seed: u64,
+        ceiling: u32,
+        end: f64,
+        lives: u32,
+        wall_s: f64,
+    ) -> Report {
         let mut started = 0;
         let mut duplicates = 0;
         let mut lost = 0;
@@ -82,11 +90,19 @@ impl Report {
             }
         }
         prio.sort_by(f64::total_cmp);
-        let makespan = if lost > 0 { end } else { w.stats.last_close.max(1e-9) };
+        let makespan = if lost > 0 {
+            end
+        } else {
+            w.stats.last_close.max(1e-9)
+        };
         let ideal = w.stats.lambda_seconds / f64::from(ceiling);
         let from = (makespan * 0.1) as usize;
         let to = ((makespan * 0.9) as usize).min(w.stats.conc_integral.len());
-        let mid: f64 = w.stats.conc_integral.get(from..to).map_or(0.0, |s| s.iter().sum());
+        let mid: f64 = w
+            .stats
+            .conc_integral
+            .get(from..to)
+            .map_or(0.0, |s| s.iter().sum());
         let utilization = if to > from {
             mid / ((to - from) as f64 * f64::from(ceiling))
         } else {

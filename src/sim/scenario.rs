@@ -407,7 +407,10 @@ pub enum Fault {
     },
     /// The controller dies at `at_secs` (memory lost, AWS state kept)
     /// and a new one starts `restart_after_secs` later.
-    Crash { at_secs: f64, restart_after_secs: f64 },
+    Crash {
+        at_secs: f64,
+        restart_after_secs: f64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -426,7 +429,9 @@ pub enum ScenarioError {
 impl Scenario {
     pub fn builtin(name: &str) -> Option<Scenario> {
         match name {
-            "exchange-227k" => Some(Scenario::parse(EXCHANGE_227K, name).expect("built-in scenario parses")),
+            "exchange-227k" => {
+                Some(Scenario::parse(EXCHANGE_227K, name).expect("built-in scenario parses"))
+            }
             _ => None,
         }
     }
@@ -467,7 +472,9 @@ impl Scenario {
                 (Some(_), None) => p.push(format!("workflow[{i}].median_secs must be positive")),
                 (None, Some(n)) => {
                     if s.iteration.is_empty() {
-                        p.push(format!("workflow[{i}].iteration: a Map needs at least one task"));
+                        p.push(format!(
+                            "workflow[{i}].iteration: a Map needs at least one task"
+                        ));
                     }
                     if s.max_concurrency == 0 {
                         p.push(format!("workflow[{i}].max_concurrency must be at least 1"));
@@ -477,7 +484,9 @@ impl Scenario {
                     }
                     for (j, t) in s.iteration.iter().enumerate() {
                         if t.median_secs <= 0.0 {
-                            p.push(format!("workflow[{i}].iteration[{j}].median_secs must be positive"));
+                            p.push(format!(
+                                "workflow[{i}].iteration[{j}].median_secs must be positive"
+                            ));
                         }
                     }
                 }
@@ -558,7 +567,11 @@ mod tests {
                 per_exec += mean(st.median_secs, st.sigma);
             } else {
                 let items = f64::from(st.map_items.unwrap());
-                per_exec += items * st.iteration.iter().map(|t| mean(t.median_secs, t.sigma)).sum::<f64>();
+                per_exec += items
+                    * st.iteration
+                        .iter()
+                        .map(|t| mean(t.median_secs, t.sigma))
+                        .sum::<f64>();
             }
         }
         let minutes = per_exec * 227_000.0 / 10_000.0 / 60.0;

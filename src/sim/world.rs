@@ -98,7 +98,7 @@ enum Event {
         stage: u16,
     },
     Arrival,
-    StatusEvent {
+    StatusChange {
         exec: u32,
     },
 }
@@ -256,8 +256,7 @@ impl World {
             }
             stage_funcs.push(v);
         }
-        let reserved_total: u32 =
-            sc.lambda.reserved.values().sum::<u32>() + sc.other_load.reserved;
+        let reserved_total: u32 = sc.lambda.reserved.values().sum::<u32>() + sc.other_load.reserved;
         let mut queues: Vec<SimQueue> = (0..5).map(|_| SimQueue::default()).collect();
         queues[PRIORITY].dlq = Some(PRIORITY_DLQ);
         queues[BULK].dlq = Some(BULK_DLQ);
@@ -311,12 +310,16 @@ impl World {
     fn load_workload(&mut self, rng: &mut StdRng) {
         let wl = self.sc.workload.clone();
         for i in 0..wl.priority {
-            self.add_origin(PRIORITY, format!(r#"{{"company_id":"p{i:07}","kind":"update"}}"#), rng);
+            self.add_origin(
+                PRIORITY,
+                format!(r#"{{"company_id":"p{i:07}","kind":"update"}}"#),
+                rng,
+            );
         }
         let bad = wl.not_json + wl.oversize + wl.missing_field;
         let total = wl.bulk + bad;
         // Spread the bad bodies through the queue.
-        let stride = if bad > 0 { (total / bad).max(1) } else { u64::MAX };
+        let stride = total.checked_div(bad).map_or(u64::MAX, |s| s.max(1));
         let (mut nj, mut os, mut mf) = (wl.not_json, wl.oversize, wl.missing_field);
         for i in 0..total {
             let body = if bad > 0 && i % stride == stride / 2 && nj + os + mf > 0 {
@@ -325,7 +328,10 @@ impl World {
                     format!("company c{i:07} (not json)")
                 } else if os > 0 {
                     os -= 1;
-                    format!(r#"{{"company_id":"c{i:07}","blob":"{}"}}"#, "x".repeat(270_000))
+                    format!(
+                        r#"{{"company_id":"c{i:07}","blob":"{}"}}"#,
+                        "x".repeat(270_000)
+                    )
                 } else {
                     mf -= 1;
                     format!(r#"{{"company":"c{i:07}"}}"#)
@@ -367,7 +373,13 @@ impl World {
         self.push_msg(queue, body, Some(o), rng);
     }
 
-    fn push_msg(&mut self, queue: usize, body: String, origin: Option<u32>, rng: &mut StdRng) -> u32 {
+    fn push_msg(
+        &mut self,
+        queue: usize,
+        body: String,
+        origin: Option<u32>,
+        rng: &mut StdRng,
+    ) -> u32 {
         let id = World::new_id(rng);
         let m = self.msgs.len() as u32;
         self.by_id.insert(id.clone(), m);
@@ -509,7 +521,7 @@ impl World {
                     self.schedule(self.now + every, Event::Arrival);
                 }
             }
-            Event::StatusEvent { exec } => {
+            Event::StatusChange { exec } => {
                 let ex = &self.execs[exec as usize];
                 let status = match ex.status {
                     ExecStatus::Succeeded => "SUCCEEDED",
@@ -558,7 +570,13 @@ impl World {
         ex.map_next = 0;
         ex.map_active = 0;
         if items == 0 {
-            self.schedule(t, Event::Stage { exec, stage: stage + 1 });
+            self.schedule(
+                t,
+                Event::Stage {
+                    exec,
+                    stage: stage + 1,
+                },
+            );
             return;
         }
         let first = items.min(step.max_concurrency.min(u32::from(u16::MAX - 1)) as u16);
@@ -627,7 +645,8 @@ impl World {
         match l.scaling {
             Scaling::PerFunction => {
                 let rate = l.scale_step / l.scale_period_secs;
-                func.cap = (func.cap + rate * (now - func.cap_t)).min(f64::from(func.conc) + l.scale_step);
+                func.cap =
+                    (func.cap + rate * (now - func.cap_t)).min(f64::from(func.conc) + l.scale_step);
                 func.cap_t = now;
                 f64::from(func.conc) < func.cap
             }
@@ -735,7 +754,13 @@ impl World {
         let stage = self.execs[exec as usize].stage;
         let t = self.now + self.transition();
         if slot == MAIN {
-            self.schedule(t, Event::Stage { exec, stage: stage + 1 });
+            self.schedule(
+                t,
+                Event::Stage {
+                    exec,
+                    stage: stage + 1,
+                },
+            );
             return;
         }
         let ntasks = self.stage_funcs[stage as usize].len() as u16;
@@ -756,7 +781,13 @@ impl World {
         if ex.map_next < ex.map_items {
             self.launch_item(exec, t);
         } else if ex.map_active == 0 {
-            self.schedule(t, Event::Stage { exec, stage: stage + 1 });
+            self.schedule(
+                t,
+                Event::Stage {
+                    exec,
+                    stage: stage + 1,
+                },
+            );
         }
     }
 
@@ -774,7 +805,7 @@ impl World {
         if self.sc.sfn.completion_events {
             self.schedule(
                 self.now + self.sc.sfn.completion_event_delay_secs,
-                Event::StatusEvent { exec },
+                Event::StatusChange { exec },
             );
         }
     }
@@ -887,7 +918,9 @@ impl World {
             });
             let seq = msg.vis_seq;
             self.queues[q].hidden_count += 1;
-            self.queues[q].hidden.push(Reverse((us(self.now + vis), m, seq)));
+            self.queues[q]
+                .hidden
+                .push(Reverse((us(self.now + vis), m, seq)));
         }
         Ok(out)
     }
@@ -899,7 +932,11 @@ impl World {
         ((m as usize) < self.msgs.len()).then_some((m, g))
     }
 
-    pub fn delete_batch(&mut self, q: usize, receipts: &[String]) -> Result<Vec<EntryFailure>, PortError> {
+    pub fn delete_batch(
+        &mut self,
+        q: usize,
+        receipts: &[String],
+    ) -> Result<Vec<EntryFailure>, PortError> {
         self.count("sqs.DeleteMessageBatch");
         if let Some(e) = self.fault("sqs", "delete_message") {
             return Err(e);
@@ -957,7 +994,9 @@ impl World {
                             self.queues[q].visible.push_back(m);
                         } else {
                             let seq = msg.vis_seq;
-                            self.queues[q].hidden.push(Reverse((us(self.now + vis), m, seq)));
+                            self.queues[q]
+                                .hidden
+                                .push(Reverse((us(self.now + vis), m, seq)));
                         }
                         true
                     } else {
@@ -980,7 +1019,11 @@ impl World {
         Ok(failures)
     }
 
-    pub fn send_batch(&mut self, q: usize, entries: &[OutgoingMessage]) -> Result<Vec<EntryFailure>, PortError> {
+    pub fn send_batch(
+        &mut self,
+        q: usize,
+        entries: &[OutgoingMessage],
+    ) -> Result<Vec<EntryFailure>, PortError> {
         self.count("sqs.SendMessageBatch");
         if let Some(e) = self.fault("sqs", "send_message") {
             return Err(e);
@@ -1066,11 +1109,17 @@ impl World {
             o.executions += 1;
             o.first_start.get_or_insert(self.now);
         }
-        self.schedule(self.now + self.transition(), Event::Stage { exec: x, stage: 0 });
+        self.schedule(
+            self.now + self.transition(),
+            Event::Stage { exec: x, stage: 0 },
+        );
         Ok(true)
     }
 
-    pub fn list_running(&mut self, token: Option<String>) -> Result<(Vec<String>, Option<String>), PortError> {
+    pub fn list_running(
+        &mut self,
+        token: Option<String>,
+    ) -> Result<(Vec<String>, Option<String>), PortError> {
         self.count("sfn.ListExecutions");
         if let Some(e) = self.fault("sfn", "list_executions") {
             return Err(e);
