@@ -250,7 +250,7 @@ pub struct EstimatorConfig {
 }
 
 const fn d_margin() -> f64 {
-    0.02
+    0.005
 }
 const fn d_stability() -> f64 {
     0.06

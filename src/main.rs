@@ -44,6 +44,9 @@ struct SimulateArgs {
     /// Print the report as one JSON object on stdout, and nothing else there.
     #[arg(long)]
     json: bool,
+    /// Write the per-second timeline (concurrency, running, backlog) as CSV.
+    #[arg(long, value_name = "FILE.csv")]
+    timeline: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -97,6 +100,7 @@ fn simulate(a: SimulateArgs) -> Result<()> {
         policy,
         seed,
         progress,
+        timeline: a.timeline.clone(),
     })?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -16,6 +16,7 @@ use crate::ports::ConcurrencySample;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct MinuteStats {
+    max: f64,
     sum: f64,
     n: u32,
 }
@@ -88,10 +89,12 @@ impl Estimator {
     pub fn observe_running(&mut self, t_s: f64, running: usize) {
         let minute = (t_s.max(0.0) as u64) / 60 * 60;
         let r = running as f64;
-        let e = self
-            .minutes
-            .entry(minute)
-            .or_insert(MinuteStats { sum: 0.0, n: 0 });
+        let e = self.minutes.entry(minute).or_insert(MinuteStats {
+            max: 0.0,
+            sum: 0.0,
+            n: 0,
+        });
+        e.max = e.max.max(r);
         e.sum += r;
         e.n += 1;
         let oldest = minute.saturating_sub(MINUTES_KEPT * 60);
@@ -141,7 +144,10 @@ impl Estimator {
         let Some(stats) = self.minutes.get(&s.minute_start_s).copied() else {
             return SampleUse::Ignored;
         };
-        let running = stats.mean();
+        // Compare maximum with maximum: while the count grows within the
+        // minute, the concurrency peak comes with the count's peak, and a
+        // ratio to the mean would over-state the width.
+        let running = stats.max;
         if running < MIN_RUNNING {
             return SampleUse::Ignored;
         }

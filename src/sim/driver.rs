@@ -20,6 +20,8 @@ pub struct SimOptions {
     pub policy: Policy,
     pub seed: u64,
     pub progress: bool,
+    /// Write the per-second timeline (CSV) here.
+    pub timeline: Option<std::path::PathBuf>,
 }
 
 enum Until {
@@ -136,6 +138,11 @@ pub async fn simulate(opts: SimOptions) -> Result<Report, ControllerError> {
     }
     bar.finish_and_clear();
     let w = shared.at_now();
+    if let Some(path) = &opts.timeline
+        && let Err(e) = std::fs::write(path, w.timeline_csv())
+    {
+        tracing::warn!(path = %path.display(), error = %e, "could not write the timeline");
+    }
     Ok(Report::build(
         &w,
         &opts.policy.to_string(),

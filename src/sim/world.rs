@@ -164,6 +164,8 @@ pub struct Stats {
     pub conc_peak: Vec<u32>,
     /// Visible messages in the work queues, sampled each second.
     pub depth: Vec<u64>,
+    /// Running executions, sampled each second.
+    pub running: Vec<u64>,
     pub peak: u32,
     pub lambda_seconds: f64,
     pub lambda_throttles: u64,
@@ -1222,7 +1224,22 @@ impl World {
         if self.stats.depth.len() <= sec {
             let d = self.backlog();
             self.stats.depth.resize(sec + 1, d);
+            let r = self.running.len() as u64;
+            self.stats.running.resize(sec + 1, r);
         }
+    }
+
+    /// Per-second CSV: t, mean and peak pipeline concurrency, running
+    /// executions, visible backlog.
+    pub fn timeline_csv(&self) -> String {
+        let mut out = String::from("t_s,concurrency_mean,concurrency_peak,running_executions,backlog\n");
+        for (t, c) in self.stats.conc_integral.iter().enumerate() {
+            let peak = self.stats.conc_peak.get(t).copied().unwrap_or(0);
+            let run = self.stats.running.get(t).copied().unwrap_or(0);
+            let depth = self.stats.depth.get(t).copied().unwrap_or(0);
+            out.push_str(&format!("{t},{c:.1},{peak},{run},{depth}\n"));
+        }
+        out
     }
 
     pub fn scenario(&self) -> &Scenario {
