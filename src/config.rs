@@ -79,6 +79,10 @@ pub struct ControllerConfig {
     /// The most Lambdas one execution can run at once (the seed's ×3).
     #[serde(default = "d_max_lambdas")]
     pub max_lambdas_per_execution: f64,
+    /// Fraction of the target kept free of lower-priority queues, so a
+    /// priority message starts within a tick even at the ceiling.
+    #[serde(default = "d_priority_reserve")]
+    pub priority_reserve_fraction: f64,
     /// Admission loop period.
     #[serde(default = "d_tick_ms")]
     pub tick_ms: u64,
@@ -132,6 +136,9 @@ const fn d_headroom() -> f64 {
 const fn d_max_lambdas() -> f64 {
     3.0
 }
+const fn d_priority_reserve() -> f64 {
+    0.005
+}
 const fn d_tick_ms() -> u64 {
     250
 }
@@ -183,6 +190,7 @@ impl Default for ControllerConfig {
             account_limit: None,
             headroom_fraction: d_headroom(),
             max_lambdas_per_execution: d_max_lambdas(),
+            priority_reserve_fraction: d_priority_reserve(),
             tick_ms: d_tick_ms(),
             visibility_timeout_secs: d_visibility(),
             idle_wait_secs: d_idle_wait(),
@@ -477,6 +485,12 @@ impl Config {
             bad(
                 "controller.max_lambdas_per_execution",
                 format!("{} must be at least 1", c.max_lambdas_per_execution),
+            );
+        }
+        if !(0.0..0.5).contains(&c.priority_reserve_fraction) {
+            bad(
+                "controller.priority_reserve_fraction",
+                format!("{} must be in [0, 0.5)", c.priority_reserve_fraction),
             );
         }
         if c.tick_ms == 0 || c.tick_ms > 60_000 {

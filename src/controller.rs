@@ -30,6 +30,9 @@ use crate::ports::{
 
 /// Attribute carrying the reason a message was dead-lettered.
 pub const REASON_ATTRIBUTE: &str = "fanout-reason";
+/// Attribute carrying the reason's short code (`not_json`, `too_large`,
+/// `missing_field`).
+pub const REASON_CODE_ATTRIBUTE: &str = "fanout-reason-code";
 /// Attribute carrying the original MessageId of a dead-lettered message.
 pub const SOURCE_ID_ATTRIBUTE: &str = "fanout-source-message-id";
 
@@ -91,6 +94,8 @@ struct State {
     summary: RunSummary,
     last_observed_s: f64,
     paused_until: Secs,
+    /// Per source: did its last receive come back short?
+    drained: Vec<bool>,
 }
 
 /// What happened to one message in hand.
@@ -148,6 +153,7 @@ where
             summary: RunSummary::default(),
             last_observed_s: f64::NEG_INFINITY,
             paused_until: f64::NEG_INFINITY,
+            drained: vec![false; b.sources.len()],
         };
         Ok(Controller {
             start_pacer: Pacer::new(c.start_rate_per_s, c.start_burst),
@@ -225,6 +231,10 @@ where
 
     /// One admission decision; also feeds the estimator's history.
     fn decide(&self) -> usize {
+        self.decide_with_target().0
+    }
+
+    fn decide_with_target(&self) -> (usize, usize) {
         let now = self.now();
         let backend_now = self.b.metrics.now_s();
         let mut st = self.state();
@@ -245,7 +255,7 @@ where
         };
         let d = st.admission.decide(inputs);
         self.publish(&st, d.budget, d.target);
-        d.budget
+        (d.budget, d.target)
     }
 
     async fn admission_loop(&self, shutdown: watch::Receiver<bool>) {
@@ -262,12 +272,32 @@ where
                 sleep_unless(tick, &shutdown).await;
                 continue;
             }
-            let budget = self.decide().min(step_cap);
+            let (full, target) = self.decide_with_target();
+            // Lower-priority queues leave a few slots free, so a priority
+            // message finds room within a tick even at the ceiling.
+            let reserve = if self.b.sources.len() > 1 {
+                (target as f64 * c.priority_reserve_fraction).ceil() as usize
+            } else {
+                0
+            };
+            let budget = full.min(step_cap);
+            let lower = full.saturating_sub(reserve).min(step_cap);
             if budget == 0 {
                 sleep_unless(tick, &shutdown).await;
                 continue;
             }
-            let got = self.receive_up_to(budget, idle).await;
+            if lower == 0 {
+                // Only the reserve is free: a quick look at the priority
+                // queue, then wait for capacity.
+                let got = self.receive_up_to(budget, 0, false).await;
+                if got.is_empty() {
+                    sleep_unless(tick, &shutdown).await;
+                } else {
+                    self.process(got, &shutdown).await;
+                }
+                continue;
+            }
+            let got = self.receive_up_to(budget, lower, idle).await;
             if got.is_empty() {
                 if !idle {
                     idle = true;
@@ -281,8 +311,14 @@ where
         }
     }
 
-    /// Receive at most `budget` messages, higher-priority queues first.
-    async fn receive_up_to(&self, budget: usize, idle: bool) -> Vec<(usize, Message)> {
+    /// Receive at most `budget` messages, higher-priority queues first;
+    /// the queues after the first take at most `lower` in all.
+    async fn receive_up_to(
+        &self,
+        budget: usize,
+        lower: usize,
+        idle: bool,
+    ) -> Vec<(usize, Message)> {
         let vis = self.cfg.controller.visibility();
         let mut out = Vec::new();
         if idle {
@@ -290,11 +326,17 @@ where
             // for an equal share of the budget.
             let share = (budget / self.b.sources.len()).clamp(1, BATCH);
             let wait = Duration::from_secs(self.cfg.controller.idle_wait_secs);
+            let lower_share = (lower / self.b.sources.len()).min(BATCH);
             let polls = self
                 .b
                 .sources
                 .iter()
-                .map(|s| s.queue.receive(share, vis, wait));
+                .enumerate()
+                .filter(|(i, _)| *i == 0 || lower_share > 0)
+                .map(|(i, s)| {
+                    s.queue
+                        .receive(if i == 0 { share } else { lower_share }, vis, wait)
+                });
             let results = futures::future::join_all(polls).await;
             for (i, r) in results.into_iter().enumerate() {
                 self.take(i, r, &mut out);
@@ -303,12 +345,22 @@ where
         }
         let mut remaining = budget;
         for (i, src) in self.b.sources.iter().enumerate() {
+            if i > 0 {
+                remaining = remaining.min(lower.saturating_sub(out.len()));
+            }
             if remaining == 0 {
                 break;
             }
-            let calls = remaining
-                .div_ceil(BATCH)
-                .min(self.cfg.controller.max_receives_in_flight);
+            // A queue that came back short last time gets one probe, not a
+            // volley of empty receives.
+            let drained = self.state().drained.get(i).copied().unwrap_or(false);
+            let calls = if drained {
+                1
+            } else {
+                remaining
+                    .div_ceil(BATCH)
+                    .min(self.cfg.controller.max_receives_in_flight)
+            };
             let mut asks = Vec::with_capacity(calls);
             let mut left = remaining;
             for _ in 0..calls {
@@ -328,6 +380,9 @@ where
             }
             let got = out.len() - before;
             remaining -= got;
+            if let Some(d) = self.state().drained.get_mut(i) {
+                *d = got < asked;
+            }
             if got == asked {
                 // This queue may hold more: serve it again before the next.
                 break;
@@ -505,6 +560,7 @@ where
                     delay: Duration::ZERO,
                     attributes: vec![
                         (REASON_ATTRIBUTE.to_string(), why.to_string()),
+                        (REASON_CODE_ATTRIBUTE.to_string(), why.code().to_string()),
                         (SOURCE_ID_ATTRIBUTE.to_string(), m.id.clone()),
                     ],
                 }

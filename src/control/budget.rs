@@ -100,8 +100,9 @@ impl Admission {
             Policy::Seed => {
                 // The seed checks each message after receiving it; the
                 // budget only says whether there is room for one more.
+                // It counted running executions only, not messages in hand.
                 let m = self.seed_multiplier;
-                let room = self.ceiling - committed as f64 * m;
+                let room = self.ceiling - i.running as f64 * m;
                 let target = (self.ceiling / m) as usize;
                 Decision {
                     budget: usize::from(room > m),
@@ -185,6 +186,11 @@ mod tests {
     #[test]
     fn seed_admits_one_while_running_times_three_leaves_room() {
         let mut a = Admission::new(&cfg(19_000), Policy::Seed);
+        let busy = Inputs {
+            in_hand: 50,
+            ..inputs(0.0, 6332, 3.0)
+        };
+        assert_eq!(a.decide(busy).budget, 1, "messages in hand are not counted");
         assert_eq!(a.decide(inputs(0.0, 6332, 3.0)).budget, 1);
         assert_eq!(a.decide(inputs(0.0, 6333, 3.0)).budget, 0);
     }

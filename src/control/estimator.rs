@@ -217,7 +217,7 @@ mod tests {
         let mut e = est();
         run(&mut e, 0, 600, |_| 5000);
         let got = e.on_sample(&sample(5, 9500.0), Some(120.0));
-        let want = 1.9 * 1.02;
+        let want = 1.9 * (1.0 + EstimatorConfig::default().margin_fraction);
         assert!(
             matches!(got, SampleUse::Learned(k) if (k - want).abs() < 1e-9),
             "{got:?}"

@@ -35,6 +35,17 @@ pub enum Unstartable {
     MissingField(String),
 }
 
+impl Unstartable {
+    /// A stable short code, for metrics and the DLQ message attribute.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Unstartable::NotJson(_) => "not_json",
+            Unstartable::TooLarge(_) => "too_large",
+            Unstartable::MissingField(_) => "missing_field",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Literal(String),

@@ -30,7 +30,8 @@ enum Until {
     TimeLimit,
 }
 
-fn backends(
+/// The sim's ports, wired as the controller expects (priority, then bulk).
+pub fn backends(
     shared: &Shared,
     sc: &Scenario,
 ) -> Backends<SimQueue, SimExecutions, SimMetrics, NoMetrics> {

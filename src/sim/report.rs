@@ -44,6 +44,12 @@ pub struct Report {
     pub priority_p50_s: Option<f64>,
     pub priority_p99_s: Option<f64>,
     pub controller_lives: u32,
+    /// Workload messages deleted without an execution (must be 0).
+    pub deleted_without_start: u64,
+    /// Messages the controller moved to a DLQ, by reason code.
+    pub dead_letter_reasons: BTreeMap<String, u64>,
+    /// Duplicate SQS deliveries the scenario injected.
+    pub duplicate_deliveries: u64,
     /// Wall-clock seconds the simulation took.
     pub wall_s: f64,
 }
@@ -144,6 +150,9 @@ impl Report {
             priority_p50_s: quantile(&prio, 0.5).map(round),
             priority_p99_s: quantile(&prio, 0.99).map(round),
             controller_lives: lives,
+            deleted_without_start: w.stats.deleted_without_start,
+            dead_letter_reasons: w.stats.dlq_reasons.clone(),
+            duplicate_deliveries: w.stats.duplicate_deliveries,
             wall_s: round(wall_s),
         }
     }
@@ -188,6 +197,10 @@ impl Report {
         line("priority_p50_s", opt(self.priority_p50_s));
         line("priority_p99_s", opt(self.priority_p99_s));
         line("controller_lives", self.controller_lives.to_string());
+        line(
+            "deleted_without_start",
+            self.deleted_without_start.to_string(),
+        );
         line("wall_s", format!("{:.2}", self.wall_s));
         s
     }

@@ -83,6 +83,10 @@ pub struct SqsModel {
     pub max_receive_count: u32,
     #[serde(default = "d_sqs_latency")]
     pub latency_ms: u64,
+    /// Probability that a received message is delivered again to the next
+    /// receive (SQS standard queues deliver at least once).
+    #[serde(default)]
+    pub duplicate_delivery_probability: f64,
 }
 
 const fn d_max_receive() -> u32 {
@@ -97,6 +101,7 @@ impl Default for SqsModel {
         SqsModel {
             max_receive_count: d_max_receive(),
             latency_ms: d_sqs_latency(),
+            duplicate_delivery_probability: 0.0,
         }
     }
 }
@@ -503,6 +508,9 @@ impl Scenario {
         }
         if self.cloudwatch.lag_max_secs < self.cloudwatch.lag_min_secs {
             p.push("cloudwatch.lag_max_secs is below lag_min_secs".into());
+        }
+        if !(0.0..1.0).contains(&self.sqs.duplicate_delivery_probability) {
+            p.push("sqs.duplicate_delivery_probability must be in [0, 1)".into());
         }
         if self.sqs.max_receive_count == 0 {
             p.push("sqs.max_receive_count must be at least 1".into());

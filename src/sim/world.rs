@@ -174,6 +174,12 @@ pub struct Stats {
     pub executions_succeeded: u64,
     pub api_calls: std::collections::BTreeMap<&'static str, u64>,
     pub last_close: f64,
+    /// Deletes of a workload message that had no execution (must stay 0).
+    pub deleted_without_start: u64,
+    /// Reason codes of messages the controller moved to a DLQ.
+    pub dlq_reasons: std::collections::BTreeMap<String, u64>,
+    /// Deliveries that were duplicates (at-least-once delivery).
+    pub duplicate_deliveries: u64,
 }
 
 pub struct World {
@@ -967,6 +973,9 @@ impl World {
                     let o = &mut self.origins[o as usize];
                     o.deleted = true;
                     o.receive_count_at_delete = msg.receive_count;
+                    if o.executions == 0 && !o.in_dlq {
+                        self.stats.deleted_without_start += 1;
+                    }
                 }
             }
         }
@@ -1032,6 +1041,14 @@ impl World {
         }
         let mut rng = StdRng::seed_from_u64(self.seq ^ self.msgs.len() as u64);
         for e in entries {
+            if (q == PRIORITY_DLQ || q == BULK_DLQ)
+                && let Some((_, why)) = e
+                    .attributes
+                    .iter()
+                    .find(|(k, _)| k == crate::controller::REASON_CODE_ATTRIBUTE)
+            {
+                *self.stats.dlq_reasons.entry(why.clone()).or_default() += 1;
+            }
             // A dead-lettered copy marks its original as in the DLQ.
             if let Some((_, src)) = e
                 .attributes
@@ -1061,6 +1078,11 @@ impl World {
     /// Visible messages in the two work queues.
     pub fn backlog(&self) -> u64 {
         (self.queues[PRIORITY].visible.len() + self.queues[BULK].visible.len()) as u64
+    }
+
+    /// Messages of the work queues currently hidden (in someone's hand).
+    pub fn in_hand(&self) -> usize {
+        self.queues[PRIORITY].hidden_count + self.queues[BULK].hidden_count
     }
 
     pub fn queue_len(&self, q: usize) -> usize {
@@ -1232,7 +1254,8 @@ impl World {
     /// Per-second CSV: t, mean and peak pipeline concurrency, running
     /// executions, visible backlog.
     pub fn timeline_csv(&self) -> String {
-        let mut out = String::from("t_s,concurrency_mean,concurrency_peak,running_executions,backlog\n");
+        let mut out =
+            String::from("t_s,concurrency_mean,concurrency_peak,running_executions,backlog\n");
         for (t, c) in self.stats.conc_integral.iter().enumerate() {
             let peak = self.stats.conc_peak.get(t).copied().unwrap_or(0);
             let run = self.stats.running.get(t).copied().unwrap_or(0);

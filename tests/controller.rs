@@ -1,0 +1,140 @@
+//! The controller against the simulated account, driven step by step with
+//! the tokio clock paused.
+
+use std::time::Duration;
+
+use fanout::config::{Config, Policy};
+use fanout::controller::Controller;
+use fanout::sim::driver::backends;
+use fanout::sim::ports::Shared;
+use fanout::sim::world::World;
+use fanout::sim::{Scenario, SimOptions};
+use tokio::sync::watch;
+
+fn scenario(extra: &str) -> Scenario {
+    let text = format!(
+        r#"
+name = "t"
+ceiling = 300
+[lambda]
+account_limit = 400
+[[workflow]]
+task = "prepare"
+median_secs = 10.0
+[[workflow]]
+map_items = 4
+max_concurrency = 3
+[[workflow.iteration]]
+task = "predict"
+median_secs = 10.0
+[[workflow]]
+task = "publish"
+median_secs = 4.0
+{extra}
+"#
+    );
+    Scenario::parse(&text, "t").unwrap()
+}
+
+fn config(ceiling: u32) -> Config {
+    let mut c = Config::default();
+    c.controller.ceiling = ceiling;
+    c
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_hands_back_what_is_in_hand_within_the_deadline() {
+    let sc = scenario("[workload]\nbulk = 5000\n");
+    let shared = Shared::new(World::new(&sc, 1));
+    let cfg = config(300);
+    let deadline = Duration::from_secs(cfg.controller.shutdown_deadline_secs);
+    let ctl = Controller::new(cfg, Policy::Adaptive, backends(&shared, &sc), 1).unwrap();
+    let (tx, rx) = watch::channel(false);
+    let stopped_at = async {
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        tx.send_replace(true);
+        tokio::time::Instant::now()
+    };
+    let (summary, asked_at) = tokio::join!(ctl.run(rx), stopped_at);
+    let took = asked_at.elapsed();
+    assert!(took <= deadline, "shutdown took {took:?}");
+    assert!(summary.started > 100, "{summary:?}");
+    let w = shared.at_now();
+    assert_eq!(
+        w.in_hand(),
+        0,
+        "every message in hand was deleted or handed back"
+    );
+    assert_eq!(w.stats.deleted_without_start, 0);
+    let done = w.origins.iter().filter(|o| o.deleted).count() as u64;
+    assert_eq!(done, summary.deleted, "deleted exactly the started ones");
+    assert!(w.origins.iter().all(|o| o.deleted == (o.executions > 0)));
+}
+
+#[test]
+fn priority_updates_start_within_seconds_during_a_refresh() {
+    let sc = scenario(
+        "[workload]\nbulk = 20000\npriority_arrivals = { start_secs = 400.0, every_secs = 7.0, count = 40 }\n",
+    );
+    let r = fanout::sim::run(SimOptions {
+        scenario: sc,
+        config: config(300),
+        policy: Policy::Adaptive,
+        seed: 5,
+        progress: false,
+        timeline: None,
+    })
+    .unwrap();
+    assert_eq!(r.lost, 0);
+    let p99 = r.priority_p99_s.expect("priority messages started");
+    assert!(
+        p99 <= 5.0,
+        "p99 start latency of priority updates {p99} s: {r:?}"
+    );
+    assert!(
+        r.utilization > 0.7,
+        "the refresh kept the pipeline busy meanwhile: {r:?}"
+    );
+}
+
+#[test]
+fn unstartable_bodies_go_to_the_dlq_with_their_reason_and_the_rest_flows() {
+    let sc = scenario("[workload]\nbulk = 500\nnot_json = 2\noversize = 1\nmissing_field = 3\n");
+    let mut cfg = config(300);
+    cfg.naming.template = "co-{company_id}-{hash}".into();
+    let r = fanout::sim::run(SimOptions {
+        scenario: sc,
+        config: cfg,
+        policy: Policy::Adaptive,
+        seed: 2,
+        progress: false,
+        timeline: None,
+    })
+    .unwrap();
+    assert_eq!(r.started, 500);
+    assert_eq!(r.dlq, 6);
+    assert_eq!(r.lost, 0);
+    assert_eq!(r.dead_letter_reasons.get("not_json"), Some(&2));
+    assert_eq!(r.dead_letter_reasons.get("too_large"), Some(&1));
+    assert_eq!(r.dead_letter_reasons.get("missing_field"), Some(&3));
+    assert_eq!(r.max_receive_count, 1, "bad bodies are not retried: {r:?}");
+}
+
+#[test]
+fn a_crash_mid_run_loses_nothing_and_starts_nothing_twice() {
+    let sc = scenario(
+        "[workload]\nbulk = 3000\n[[faults]]\nkind = \"crash\"\nat_secs = 200.0\nrestart_after_secs = 45.0\n",
+    );
+    let r = fanout::sim::run(SimOptions {
+        scenario: sc,
+        config: config(300),
+        policy: Policy::Adaptive,
+        seed: 9,
+        progress: false,
+        timeline: None,
+    })
+    .unwrap();
+    assert_eq!(r.controller_lives, 2);
+    assert_eq!((r.lost, r.duplicates, r.dlq), (0, 0, 0), "{r:?}");
+    assert!(r.peak_concurrency <= 300, "{r:?}");
+}
