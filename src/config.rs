@@ -245,6 +245,10 @@ pub struct EstimatorConfig {
     /// Margin added to every measured Lambdas-per-execution ratio.
     #[serde(default = "d_margin")]
     pub margin_fraction: f64,
+    /// Extra margin of noise_z / √(running executions): the minute-to-minute
+    /// wander of a sum over N executions.
+    #[serde(default = "d_noise_z")]
+    pub noise_z: f64,
     /// A minute counts for learning only if the running count stayed
     /// within this fraction of its mean for an execution's lifetime.
     #[serde(default = "d_stability")]
@@ -260,6 +264,9 @@ pub struct EstimatorConfig {
 const fn d_margin() -> f64 {
     0.005
 }
+const fn d_noise_z() -> f64 {
+    1.0
+}
 const fn d_stability() -> f64 {
     0.06
 }
@@ -274,6 +281,7 @@ impl Default for EstimatorConfig {
     fn default() -> Self {
         EstimatorConfig {
             margin_fraction: d_margin(),
+            noise_z: d_noise_z(),
             stability_fraction: d_stability(),
             min_completions: d_min_completions(),
             min_lambdas_per_execution: d_min_lambdas(),
@@ -576,6 +584,12 @@ impl Config {
             bad(
                 "estimator.margin_fraction",
                 format!("{} must be in [0, 1)", e.margin_fraction),
+            );
+        }
+        if !(0.0..=5.0).contains(&e.noise_z) {
+            bad(
+                "estimator.noise_z",
+                format!("{} must be in [0, 5]", e.noise_z),
             );
         }
         if !(e.stability_fraction > 0.0 && e.stability_fraction < 1.0) {

@@ -153,7 +153,10 @@ impl Estimator {
         }
         // No execution is wider than k_max: a higher ratio is an artefact
         // (per-function maxima from different moments, summed).
-        let ratio = (s.pipeline_max / running * (1.0 + self.cfg.margin_fraction)).min(self.k_max);
+        // A sum over N executions wanders by about 1/√N of itself from
+        // minute to minute: a small pipeline needs a wider margin.
+        let margin = self.cfg.margin_fraction + self.cfg.noise_z / running.sqrt();
+        let ratio = (s.pipeline_max / running * (1.0 + margin)).min(self.k_max);
         if ratio > self.k {
             self.k = ratio;
             self.stable.clear();
