@@ -82,7 +82,6 @@ fn priority_updates_start_within_seconds_during_a_refresh() {
         policy: Policy::Adaptive,
         seed: 5,
         progress: false,
-        timeline: None,
     })
     .unwrap();
     assert_eq!(r.lost, 0);
@@ -108,7 +107,6 @@ fn unstartable_bodies_go_to_the_dlq_with_their_reason_and_the_rest_flows() {
         policy: Policy::Adaptive,
         seed: 2,
         progress: false,
-        timeline: None,
     })
     .unwrap();
     assert_eq!(r.started, 500);
@@ -131,7 +129,6 @@ fn a_crash_mid_run_loses_nothing_and_starts_nothing_twice() {
         policy: Policy::Adaptive,
         seed: 9,
         progress: false,
-        timeline: None,
     })
     .unwrap();
     assert_eq!(r.controller_lives, 2);

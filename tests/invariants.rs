@@ -166,7 +166,6 @@ median_secs = {m3}
         policy: c.policy,
         seed: c.seed,
         progress: false,
-        timeline: None,
     })
     .expect("simulation runs")
 }

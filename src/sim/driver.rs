@@ -10,7 +10,7 @@ use crate::config::{Config, Policy};
 use crate::controller::{Backends, Controller, ControllerError, Source};
 use crate::ports::NoMetrics;
 use crate::sim::ports::{Shared, SimExecutions, SimMetrics, SimQueue};
-use crate::sim::report::Report;
+use crate::sim::report::{Report, Timeline};
 use crate::sim::scenario::Scenario;
 use crate::sim::world::{BULK, BULK_DLQ, COMPLETIONS, PRIORITY, PRIORITY_DLQ, World};
 
@@ -20,8 +20,6 @@ pub struct SimOptions {
     pub policy: Policy,
     pub seed: u64,
     pub progress: bool,
-    /// Write the per-second timeline (CSV) here.
-    pub timeline: Option<std::path::PathBuf>,
 }
 
 enum Until {
@@ -69,6 +67,11 @@ pub fn backends(
 
 /// Run a simulation on a fresh current-thread runtime with paused time.
 pub fn run(opts: SimOptions) -> Result<Report, ControllerError> {
+    run_with_timeline(opts).map(|(r, _)| r)
+}
+
+/// Run a simulation and keep its per-second timeline.
+pub fn run_with_timeline(opts: SimOptions) -> Result<(Report, Timeline), ControllerError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -78,7 +81,7 @@ pub fn run(opts: SimOptions) -> Result<Report, ControllerError> {
 }
 
 /// Run a simulation; the caller's runtime must have its clock paused.
-pub async fn simulate(opts: SimOptions) -> Result<Report, ControllerError> {
+pub async fn simulate(opts: SimOptions) -> Result<(Report, Timeline), ControllerError> {
     let wall = std::time::Instant::now();
     let sc = &opts.scenario;
     let shared = Shared::new(World::new(sc, opts.seed));
@@ -139,12 +142,7 @@ pub async fn simulate(opts: SimOptions) -> Result<Report, ControllerError> {
     }
     bar.finish_and_clear();
     let w = shared.at_now();
-    if let Some(path) = &opts.timeline
-        && let Err(e) = std::fs::write(path, w.timeline_csv())
-    {
-        tracing::warn!(path = %path.display(), error = %e, "could not write the timeline");
-    }
-    Ok(Report::build(
+    let report = Report::build(
         &w,
         &opts.policy.to_string(),
         opts.seed,
@@ -152,7 +150,8 @@ pub async fn simulate(opts: SimOptions) -> Result<Report, ControllerError> {
         end,
         lives,
         wall.elapsed().as_secs_f64(),
-    ))
+    );
+    Ok((report, Timeline::from_world(&w)))
 }
 
 /// Tick the world each virtual second until it is finished, `until` is

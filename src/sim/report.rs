@@ -54,6 +54,43 @@ pub struct Report {
     pub wall_s: f64,
 }
 
+/// Per-second series of a run, for plots and CSV.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Timeline {
+    /// Mean pipeline Lambda concurrency in each second.
+    pub concurrency: Vec<f64>,
+    /// Peak pipeline Lambda concurrency in each second.
+    pub peak: Vec<u32>,
+    /// Running executions at each second.
+    pub running: Vec<u64>,
+    /// Messages visible in the work queues at each second.
+    pub backlog: Vec<u64>,
+}
+
+impl Timeline {
+    pub fn from_world(w: &World) -> Timeline {
+        Timeline {
+            concurrency: w.stats.conc_integral.clone(),
+            peak: w.stats.conc_peak.clone(),
+            running: w.stats.running.clone(),
+            backlog: w.stats.depth.clone(),
+        }
+    }
+
+    /// t_s, concurrency_mean, concurrency_peak, running_executions, backlog
+    pub fn csv(&self) -> String {
+        let mut out =
+            String::from("t_s,concurrency_mean,concurrency_peak,running_executions,backlog\n");
+        for (t, c) in self.concurrency.iter().enumerate() {
+            let peak = self.peak.get(t).copied().unwrap_or(0);
+            let run = self.running.get(t).copied().unwrap_or(0);
+            let depth = self.backlog.get(t).copied().unwrap_or(0);
+            out.push_str(&format!("{t},{c:.1},{peak},{run},{depth}\n"));
+        }
+        out
+    }
+}
+
 fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
@@ -204,4 +241,66 @@ impl Report {
         line("wall_s", format!("{:.2}", self.wall_s));
         s
     }
+}
+
+/// The report fields side by side, one column per run.
+pub fn table(reports: &[&Report]) -> String {
+    let values: Vec<serde_json::Value> = reports
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap_or_default())
+        .collect();
+    let fields = [
+        "policy",
+        "messages",
+        "started",
+        "duplicates",
+        "lost",
+        "dlq",
+        "makespan_s",
+        "ideal_s",
+        "efficiency",
+        "ceiling",
+        "peak_concurrency",
+        "utilization",
+        "max_receive_count",
+        "lambda_throttles",
+        "executions_failed",
+        "overhead_calls_per_start",
+        "priority_p50_s",
+        "priority_p99_s",
+        "controller_lives",
+        "deleted_without_start",
+        "wall_s",
+    ];
+    let cell = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() => format!("{f:.3}"),
+            _ => n.to_string(),
+        },
+        other => other.to_string(),
+    };
+    let mut out = String::new();
+    for f in fields {
+        out.push_str(&format!("  {f:<26}"));
+        for v in &values {
+            out.push_str(&format!("{:>14}", cell(&v[f])));
+        }
+        out.push('\n');
+    }
+    let calls: Vec<String> = reports
+        .iter()
+        .map(|r| {
+            r.api_calls
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    for (r, c) in reports.iter().zip(calls) {
+        out.push_str(&format!("  api_calls[{}]: {c}\n", r.policy));
+    }
+    out
 }

@@ -1251,20 +1251,6 @@ impl World {
         }
     }
 
-    /// Per-second CSV: t, mean and peak pipeline concurrency, running
-    /// executions, visible backlog.
-    pub fn timeline_csv(&self) -> String {
-        let mut out =
-            String::from("t_s,concurrency_mean,concurrency_peak,running_executions,backlog\n");
-        for (t, c) in self.stats.conc_integral.iter().enumerate() {
-            let peak = self.stats.conc_peak.get(t).copied().unwrap_or(0);
-            let run = self.stats.running.get(t).copied().unwrap_or(0);
-            let depth = self.stats.depth.get(t).copied().unwrap_or(0);
-            out.push_str(&format!("{t},{c:.1},{peak},{run},{depth}\n"));
-        }
-        out
-    }
-
     pub fn scenario(&self) -> &Scenario {
         &self.sc
     }
