@@ -220,7 +220,8 @@ mod tests {
         let mut e = est();
         run(&mut e, 0, 600, |_| 5000);
         let got = e.on_sample(&sample(5, 9500.0), Some(120.0));
-        let want = 1.9 * (1.0 + EstimatorConfig::default().margin_fraction);
+        let c = EstimatorConfig::default();
+        let want = 1.9 * (1.0 + c.margin_fraction + c.noise_z / 5000f64.sqrt());
         assert!(
             matches!(got, SampleUse::Learned(k) if (k - want).abs() < 1e-9),
             "{got:?}"
