@@ -90,8 +90,9 @@ fn priority_updates_start_within_seconds_during_a_refresh() {
         p99 <= 5.0,
         "p99 start latency of priority updates {p99} s: {r:?}"
     );
+    // A ceiling of 300 is ~150 executions: the noise margin keeps ~8 % free.
     assert!(
-        r.utilization > 0.7,
+        r.utilization > 0.6,
         "the refresh kept the pipeline busy meanwhile: {r:?}"
     );
 }
