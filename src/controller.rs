@@ -238,7 +238,9 @@ where
         let now = self.now();
         let backend_now = self.b.metrics.now_s();
         let mut st = self.state();
-        let running = st.ledger.in_flight();
+        let running = st
+            .ledger
+            .in_flight_at(now, self.cfg.estimator.min_completions);
         if backend_now - st.last_observed_s >= 1.0 {
             st.last_observed_s = backend_now;
             st.estimator.observe_running(backend_now, running);

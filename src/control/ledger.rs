@@ -26,6 +26,10 @@ pub struct Ledger {
     completions: u64,
     /// Recent observed lifetimes, for the estimator's stability window.
     durations: VecDeque<Secs>,
+    /// Start of the last reconcile pass.
+    listed_at: Option<Secs>,
+    /// Completions found per second by reconciles (smoothed).
+    completion_rate: f64,
 }
 
 const DURATIONS_KEPT: usize = 1024;
@@ -84,6 +88,13 @@ impl Ledger {
             self.entries.remove(name);
             self.record(listed_at - started_at);
         }
+        if let Some(prev) = self.listed_at
+            && listed_at > prev
+        {
+            let sample = done.len() as f64 / (listed_at - prev);
+            self.completion_rate = 0.7 * self.completion_rate + 0.3 * sample;
+        }
+        self.listed_at = Some(listed_at);
         self.foreign = running
             .iter()
             .filter(|n| !self.entries.contains_key(*n))
@@ -97,6 +108,30 @@ impl Ledger {
     /// Executions believed running: ours plus others'.
     pub fn in_flight(&self) -> usize {
         self.entries.len() + self.foreign
+    }
+
+    /// Executions believed running at `now`, less the completions expected
+    /// since the last reconcile at the rate reconciles have been finding
+    /// them. Without it the count saw-tooths: finished executions pile up
+    /// between passes and the pipeline sags before each refill. Only
+    /// executions older than the shortest lifetimes seen can be expected
+    /// to have finished, and nothing is anticipated before `min_completions`
+    /// completions have been observed.
+    pub fn in_flight_at(&self, now: Secs, min_completions: u64) -> usize {
+        let (Some(t), true) = (self.listed_at, self.completions >= min_completions) else {
+            return self.in_flight();
+        };
+        let expected = (self.completion_rate * (now - t).max(0.0)).floor() as usize;
+        if expected == 0 {
+            return self.in_flight();
+        }
+        let shortest = self.lifetime_quantile(0.05).unwrap_or(f64::INFINITY);
+        let old = self
+            .entries
+            .values()
+            .filter(|e| now - e.started_at >= shortest)
+            .count();
+        self.in_flight() - expected.min(old)
     }
 
     pub fn ours(&self) -> usize {
@@ -180,6 +215,32 @@ mod tests {
         l.started("x", 11.0);
         l.reconcile(&set(&["x"]), 20.0, 30.0);
         assert_eq!(l.in_flight(), 1);
+    }
+
+    #[test]
+    fn completions_between_reconciles_are_anticipated() {
+        let mut l = Ledger::new();
+        for i in 0..1000 {
+            l.started(&format!("e{i}"), 0.0);
+        }
+        let running = |from: usize| {
+            (from..1000)
+                .map(|i| format!("e{i}"))
+                .collect::<HashSet<_>>()
+        };
+        l.reconcile(&running(0), 100.0, 30.0);
+        assert_eq!(l.in_flight_at(105.0, 0), 1000, "no rate known yet");
+        // 50 finished in 5 s: 10 per second.
+        l.reconcile(&running(50), 105.0, 30.0);
+        let rate = 0.3 * 10.0;
+        assert_eq!(l.in_flight_at(105.0, 0), 950);
+        assert_eq!(l.in_flight_at(107.0, 0), 950 - (2.0 * rate) as usize);
+        assert_eq!(l.in_flight_at(107.0, 51), 950, "too few completions seen");
+        // Young executions are not expected to finish.
+        l.started("young", 106.0);
+        assert_eq!(l.in_flight_at(107.0, 0), 951 - (2.0 * rate) as usize);
+        // Never below what the ledger can account for.
+        assert!(l.in_flight_at(10_000.0, 0) <= 951);
     }
 
     #[test]
