@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Config, Policy};
 use crate::control::budget::{Admission, Inputs};
-use crate::control::estimator::Estimator;
+use crate::control::estimator::{Estimator, SampleUse};
 use crate::control::ledger::{Ledger, Secs};
 use crate::control::naming::{Namer, TemplateError, Unstartable};
 use crate::control::pacing::{Backoff, Pacer};
@@ -749,6 +749,21 @@ where
                         .flatten();
                     for s in samples {
                         let used = st.estimator.on_sample(&s, lifetime);
+                        match used {
+                            SampleUse::Throttled(level) => {
+                                st.admission.throttled(level);
+                                warn!(
+                                    minute = s.minute_start_s,
+                                    concurrency = level,
+                                    throttles = s.throttles,
+                                    ramp_per_s = st.admission.ramp_rate(),
+                                    "Lambda throttled the pipeline; holding the ramp and slowing it"
+                                );
+                                self.b.sink.count("lambda_throttled_minutes", 1);
+                            }
+                            _ if s.throttles == Some(0.0) => st.admission.clean_minute(),
+                            _ => {}
+                        }
                         debug!(
                             minute = s.minute_start_s,
                             max = s.pipeline_max,

@@ -135,6 +135,9 @@ pub struct ConcurrencySample {
     pub pipeline_max: f64,
     /// Maximum account-wide concurrency in that minute, when known.
     pub account_max: Option<f64>,
+    /// Throttled invocations of the pipeline's functions in that minute
+    /// (AWS/Lambda Throttles, Sum), when known.
+    pub throttles: Option<f64>,
 }
 
 /// CloudWatch `ConcurrentExecutions`, 1-minute maxima, late and sometimes

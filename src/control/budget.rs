@@ -47,11 +47,17 @@ pub struct Admission {
     headroom: f64,
     k_max: f64,
     ramp_rate: f64,
+    /// The ramp rate in force: halved on each throttled minute, restored
+    /// step by step on clean ones.
+    ramp_rate_now: f64,
     ramp_initial: f64,
     fixed_cap: usize,
     seed_multiplier: f64,
     ramp_cap: f64,
     allowed: f64,
+    /// The largest gap below the target in the current approach: growth
+    /// covers it linearly over a lifetime.
+    gap_ref: f64,
     last: Option<Secs>,
 }
 
@@ -65,13 +71,32 @@ impl Admission {
             headroom: c.headroom_fraction,
             k_max: c.max_lambdas_per_execution,
             ramp_rate: c.ramp_concurrency_per_s,
+            ramp_rate_now: c.ramp_concurrency_per_s,
             ramp_initial: c.ramp_initial,
             fixed_cap: cfg.fixed_cap() as usize,
             seed_multiplier: cfg.seed.multiplier,
             ramp_cap: c.ramp_initial,
             allowed: c.ramp_initial / c.max_lambdas_per_execution,
+            gap_ref: 0.0,
             last: None,
         }
+    }
+
+    /// Lambda throttled the pipeline at `observed` concurrency: the account
+    /// scales slower than configured (the legacy burst model, a low
+    /// account limit). Hold the ramp there and halve its rate.
+    pub fn throttled(&mut self, observed: f64) {
+        self.ramp_cap = self.ramp_cap.min(observed);
+        self.ramp_rate_now = (self.ramp_rate_now / 2.0).max(self.ramp_rate / 64.0);
+    }
+
+    /// A minute without throttles: give the ramp back a tenth of its rate.
+    pub fn clean_minute(&mut self) {
+        self.ramp_rate_now = (self.ramp_rate_now + self.ramp_rate / 10.0).min(self.ramp_rate);
+    }
+
+    pub fn ramp_rate(&self) -> f64 {
+        self.ramp_rate_now
     }
 
     pub fn set_ceiling(&mut self, ceiling: u32) {
@@ -123,15 +148,26 @@ impl Admission {
         // than ramp_initial above what is running (after an idle spell the
         // ramp starts again).
         let predicted = committed as f64 * k;
-        self.ramp_cap = (self.ramp_cap + self.ramp_rate * dt).min(predicted + self.ramp_initial);
+        self.ramp_cap =
+            (self.ramp_cap + self.ramp_rate_now * dt).min(predicted + self.ramp_initial);
         let ramp = (self.ramp_cap / k).floor();
         // Growth beyond what has been running is spread over an execution
         // lifetime, so a new cohort's phases mix instead of peaking
-        // together (its concurrency then stays near its steady share).
-        let floor_rate = self.ramp_rate / self.k_max;
+        // together (its concurrency then stays near its steady share), and
+        // never outruns Lambda's scaling even if the whole cohort is at its
+        // widest at once.
+        let lambda_rate = self.ramp_rate_now / self.k_max;
+        let gap = target - committed as f64;
+        self.gap_ref = if gap <= 0.0 {
+            0.0
+        } else {
+            self.gap_ref.max(gap)
+        };
         let rate = match i.lifetime {
-            Some(life) if life > 0.0 => floor_rate.max((target - committed as f64).max(0.0) / life),
-            _ => floor_rate,
+            Some(life) if life > 0.0 => {
+                lambda_rate.min((self.gap_ref / life).max(lambda_rate / 4.0))
+            }
+            _ => lambda_rate,
         };
         self.allowed = (self.allowed.max(committed as f64) + rate * dt).min(target);
         let (cap, limit) = [

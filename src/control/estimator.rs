@@ -38,6 +38,10 @@ pub enum SampleUse {
     Learned(f64),
     /// Unstable minute below the estimate: kept for safety.
     Held(f64),
+    /// Lambda throttled the pipeline in that minute: its concurrency was
+    /// capped by Lambda, not set by the controller. Carries the minute's
+    /// maximum, the level Lambda allowed.
+    Throttled(f64),
 }
 
 #[derive(Debug)]
@@ -141,6 +145,9 @@ impl Estimator {
         if let Some(acct) = s.account_max {
             self.other_load = Some((acct - s.pipeline_max).max(0.0));
         }
+        if s.throttles.is_some_and(|t| t > 0.0) {
+            return SampleUse::Throttled(s.pipeline_max);
+        }
         let Some(stats) = self.minutes.get(&s.minute_start_s).copied() else {
             return SampleUse::Ignored;
         };
@@ -189,6 +196,7 @@ mod tests {
             minute_start_s: minute * 60,
             pipeline_max: max,
             account_max: None,
+            throttles: Some(0.0),
         }
     }
 
@@ -248,6 +256,18 @@ mod tests {
             e.on_sample(&sample(5, 9500.0), None),
             SampleUse::Held(_)
         ));
+        assert_eq!(e.k(), 3.0);
+    }
+
+    #[test]
+    fn a_throttled_minute_teaches_nothing() {
+        let mut e = est();
+        run(&mut e, 0, 600, |_| 5000);
+        let s = ConcurrencySample {
+            throttles: Some(120.0),
+            ..sample(5, 6000.0)
+        };
+        assert_eq!(e.on_sample(&s, Some(120.0)), SampleUse::Throttled(6000.0));
         assert_eq!(e.k(), 3.0);
     }
 

@@ -209,6 +209,7 @@ pub struct World {
     acct_cap: f64,
     acct_cap_t: f64,
     acct_minute_max: f64,
+    minute_throttles: u64,
     minute: u64,
     published: Vec<Published>,
     last_t: f64,
@@ -304,6 +305,7 @@ impl World {
             acct_cap: sc.lambda.legacy_burst,
             acct_cap_t: 0.0,
             acct_minute_max: 0.0,
+            minute_throttles: 0,
             minute: 0,
             published: Vec::new(),
             last_t: 0.0,
@@ -481,10 +483,12 @@ impl World {
                     minute_start_s: start,
                     pipeline_max: f64::from(pipeline),
                     account_max: Some(account),
+                    throttles: Some(self.minute_throttles as f64),
                 },
                 at,
             });
         }
+        self.minute_throttles = 0;
         for f in &mut self.funcs {
             f.minute_max = f.conc;
         }
@@ -676,6 +680,7 @@ impl World {
         let f = self.func_of(stage, task);
         if !self.lambda_admits(f) {
             self.stats.lambda_throttles += 1;
+            self.minute_throttles += 1;
             self.retry_or_fail(exec, slot, task, attempt);
             return;
         }
