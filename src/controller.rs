@@ -756,7 +756,7 @@ where
                                     minute = s.minute_start_s,
                                     concurrency = level,
                                     throttles = s.throttles,
-                                    ramp_per_s = st.admission.ramp_rate(),
+                                    ramp_per_s = st.admission.ramp_rate_now(),
                                     "Lambda throttled the pipeline; holding the ramp and slowing it"
                                 );
                                 self.b.sink.count("lambda_throttled_minutes", 1);

@@ -95,7 +95,7 @@ impl Admission {
         self.ramp_rate_now = (self.ramp_rate_now + self.ramp_rate / 10.0).min(self.ramp_rate);
     }
 
-    pub fn ramp_rate(&self) -> f64 {
+    pub fn ramp_rate_now(&self) -> f64 {
         self.ramp_rate_now
     }
 
