@@ -96,6 +96,11 @@ struct State {
     paused_until: Secs,
     /// Per source: did its last receive come back short?
     drained: Vec<bool>,
+    /// Per source: when it was last probed while drained.
+    last_probe: Vec<Secs>,
+    /// Per source: receipts of started messages waiting to be deleted in
+    /// whole batches, and when the oldest arrived.
+    pending_deletes: Vec<(Vec<String>, Secs)>,
 }
 
 /// What happened to one message in hand.
@@ -122,6 +127,10 @@ pub struct Controller<Q, E, M, S> {
 }
 
 const BATCH: usize = 10;
+/// A queue that came back short is looked at again after this long.
+const PROBE_EVERY: Secs = 1.0;
+/// A partial batch of deletes waits at most this long for company.
+const DELETE_LINGER: Secs = 1.0;
 /// How long admission stops after a permanent StartExecution error.
 const PERMANENT_PAUSE: Duration = Duration::from_secs(60);
 
@@ -154,6 +163,8 @@ where
             last_observed_s: f64::NEG_INFINITY,
             paused_until: f64::NEG_INFINITY,
             drained: vec![false; b.sources.len()],
+            last_probe: vec![f64::NEG_INFINITY; b.sources.len()],
+            pending_deletes: vec![(Vec::new(), 0.0); b.sources.len()],
         };
         Ok(Controller {
             start_pacer: Pacer::new(c.start_rate_per_s, c.start_burst),
@@ -200,7 +211,14 @@ where
         let reconcile = self.reconcile_loop(shutdown.clone());
         let metrics = self.metrics_loop(shutdown.clone());
         let completions = self.completion_loop(shutdown.clone());
-        tokio::join!(admission, reconcile, metrics, completions);
+        let flusher = async {
+            while !*shutdown.borrow() {
+                sleep_unless(Duration::from_secs_f64(DELETE_LINGER), &shutdown).await;
+                self.flush_deletes(false).await;
+            }
+        };
+        tokio::join!(admission, reconcile, metrics, completions, flusher);
+        self.flush_deletes(true).await;
         let summary = self.state().summary;
         info!(?summary, "controller stopped");
         summary
@@ -268,6 +286,7 @@ where
         let step_cap = ((c.start_rate_per_s as usize) / 2).max(BATCH);
         let mut idle = false;
         while !*shutdown.borrow() {
+            self.flush_deletes(false).await;
             // Until the first reconcile, executions already running (a
             // previous life, another replica) are unknown: admit nothing.
             if !self.state().ready || self.paused() {
@@ -288,10 +307,12 @@ where
                 sleep_unless(tick, &shutdown).await;
                 continue;
             }
+            // Small pipelines cannot wait for whole batches.
+            let whole = target >= 10 * BATCH;
             if lower == 0 {
                 // Only the reserve is free: a quick look at the priority
                 // queue, then wait for capacity.
-                let got = self.receive_up_to(budget, 0, false).await;
+                let (got, _) = self.receive_up_to(budget, 0, false, whole).await;
                 if got.is_empty() {
                     sleep_unless(tick, &shutdown).await;
                 } else {
@@ -299,7 +320,12 @@ where
                 }
                 continue;
             }
-            let got = self.receive_up_to(budget, lower, idle).await;
+            let (got, asked_all) = self.receive_up_to(budget, lower, idle, whole).await;
+            if got.is_empty() && !asked_all {
+                // Waiting for a whole batch of budget, or for the next probe.
+                sleep_unless(tick, &shutdown).await;
+                continue;
+            }
             if got.is_empty() {
                 if !idle {
                     idle = true;
@@ -315,12 +341,19 @@ where
 
     /// Receive at most `budget` messages, higher-priority queues first;
     /// the queues after the first take at most `lower` in all.
+    ///
+    /// With `whole_batches`, a queue with messages is asked only for whole
+    /// batches of ten (the rest waits for the next step), and a queue that
+    /// came back short is probed at most once per `PROBE_EVERY`: receives
+    /// are paid per call. Returns the messages and whether every queue in
+    /// reach was asked (only then does an empty result mean idle).
     async fn receive_up_to(
         &self,
         budget: usize,
         lower: usize,
         idle: bool,
-    ) -> Vec<(usize, Message)> {
+        whole_batches: bool,
+    ) -> (Vec<(usize, Message)>, bool) {
         let vis = self.cfg.controller.visibility();
         let mut out = Vec::new();
         if idle {
@@ -343,8 +376,9 @@ where
             for (i, r) in results.into_iter().enumerate() {
                 self.take(i, r, &mut out);
             }
-            return out;
+            return (out, true);
         }
+        let mut skipped = false;
         let mut remaining = budget;
         for (i, src) in self.b.sources.iter().enumerate() {
             if i > 0 {
@@ -355,16 +389,35 @@ where
             }
             // A queue that came back short last time gets one probe, not a
             // volley of empty receives.
-            let drained = self.state().drained.get(i).copied().unwrap_or(false);
+            let now = self.now();
+            let (drained, last_probe) = {
+                let st = self.state();
+                (st.drained[i], st.last_probe[i])
+            };
             let calls = if drained {
+                if whole_batches && now - last_probe < PROBE_EVERY {
+                    skipped = true;
+                    continue;
+                }
+                self.state().last_probe[i] = now;
                 1
             } else {
                 remaining
                     .div_ceil(BATCH)
                     .min(self.cfg.controller.max_receives_in_flight)
             };
+            let askable = if whole_batches && !drained {
+                remaining / BATCH * BATCH
+            } else {
+                remaining
+            };
+            if askable == 0 {
+                skipped = true;
+                continue;
+            }
+            let calls = calls.min(askable.div_ceil(BATCH));
             let mut asks = Vec::with_capacity(calls);
-            let mut left = remaining;
+            let mut left = askable;
             for _ in 0..calls {
                 let n = left.min(BATCH);
                 left -= n;
@@ -390,7 +443,7 @@ where
                 break;
             }
         }
-        out
+        (out, !skipped)
     }
 
     fn take(
@@ -529,9 +582,18 @@ where
             }
         }
         let mut sum = RunSummary::default();
-        for (src, receipts) in delete.iter().enumerate() {
-            sum.deleted += self.delete_all(src, receipts).await;
+        {
+            let now = self.now();
+            let mut st = self.state();
+            for (src, receipts) in delete.into_iter().enumerate() {
+                let (pending, since) = &mut st.pending_deletes[src];
+                if pending.is_empty() {
+                    *since = now;
+                }
+                pending.extend(receipts);
+            }
         }
+        self.flush_deletes(false).await;
         for (src, receipts) in release.iter().enumerate() {
             sum.released += receipts.len() as u64;
             self.hide(src, receipts, Duration::ZERO).await;
@@ -542,10 +604,42 @@ where
         }
         let mut st = self.state();
         st.in_hand = st.in_hand.saturating_sub(total);
-        st.summary.deleted += sum.deleted;
         st.summary.released += sum.released;
         st.summary.requeued += sum.requeued;
-        self.b.sink.count("deletes", sum.deleted);
+    }
+
+    /// Delete the started messages waiting in whole batches of ten, and a
+    /// partial batch once it has waited `DELETE_LINGER` (or now, with
+    /// `all`). The messages stay hidden meanwhile, and a redelivery of one
+    /// would only be recognised as started.
+    async fn flush_deletes(&self, all: bool) {
+        let now = self.now();
+        let batches: Vec<(usize, Vec<String>)> = {
+            let mut st = self.state();
+            st.pending_deletes
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(src, (pending, since))| {
+                    let take = if all || now - *since >= DELETE_LINGER {
+                        pending.len()
+                    } else {
+                        pending.len() / BATCH * BATCH
+                    };
+                    if take == 0 {
+                        return None;
+                    }
+                    let rest = pending.split_off(take);
+                    let out = std::mem::replace(pending, rest);
+                    *since = now;
+                    Some((src, out))
+                })
+                .collect()
+        };
+        for (src, receipts) in batches {
+            let deleted = self.delete_all(src, &receipts).await;
+            self.state().summary.deleted += deleted;
+            self.b.sink.count("deletes", deleted);
+        }
     }
 
     /// Move unstartable messages to the DLQ with their reason; returns the
