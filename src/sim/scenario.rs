@@ -280,6 +280,10 @@ pub struct LambdaModel {
     /// Added to an invocation that needs a new environment.
     #[serde(default = "d_cold")]
     pub cold_start_ms: u64,
+    /// Fraction of idle warm environments reclaimed per minute; a function
+    /// returns to a level it was warm at without the scaling limit.
+    #[serde(default = "d_warm_decay")]
+    pub warm_decay_per_minute: f64,
     /// Reserved concurrency by function name.
     #[serde(default)]
     pub reserved: BTreeMap<String, u32>,
@@ -300,6 +304,9 @@ const fn d_legacy_burst() -> f64 {
 const fn d_legacy_rate() -> f64 {
     500.0
 }
+const fn d_warm_decay() -> f64 {
+    0.2
+}
 const fn d_cold() -> u64 {
     400
 }
@@ -315,6 +322,7 @@ impl Default for LambdaModel {
             legacy_per_minute: d_legacy_rate(),
             error_rate: 0.0,
             cold_start_ms: d_cold(),
+            warm_decay_per_minute: d_warm_decay(),
             reserved: BTreeMap::new(),
         }
     }
@@ -502,6 +510,9 @@ impl Scenario {
         }
         if self.lambda.account_limit == 0 {
             p.push("lambda.account_limit must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.lambda.warm_decay_per_minute) {
+            p.push("lambda.warm_decay_per_minute must be in [0, 1]".into());
         }
         if !(0.0..1.0).contains(&self.lambda.error_rate) {
             p.push("lambda.error_rate must be in [0, 1)".into());

@@ -111,6 +111,9 @@ struct Func {
     peak: u32,
     cap: f64,
     cap_t: f64,
+    /// Environments kept warm: the concurrency the function can return to
+    /// without scaling; it decays as idle environments are reclaimed.
+    warm: f64,
     reserved: Option<u32>,
     minute_max: u32,
     dist: Vec<LogNormal<f64>>,
@@ -240,6 +243,7 @@ impl World {
                 peak: 0,
                 cap: sc.lambda.scale_step,
                 cap_t: 0.0,
+                warm: 0.0,
                 reserved: sc.lambda.reserved.get(n).copied(),
                 minute_max: 0,
                 dist: Vec::new(),
@@ -657,8 +661,10 @@ impl World {
         match l.scaling {
             Scaling::PerFunction => {
                 let rate = l.scale_step / l.scale_period_secs;
-                func.cap =
-                    (func.cap + rate * (now - func.cap_t)).min(f64::from(func.conc) + l.scale_step);
+                let dt = now - func.cap_t;
+                let conc = f64::from(func.conc);
+                func.warm = (func.warm * (1.0 - l.warm_decay_per_minute).powf(dt / 60.0)).max(conc);
+                func.cap = (func.cap + rate * dt).min(func.warm + l.scale_step);
                 func.cap_t = now;
                 f64::from(func.conc) < func.cap
             }
