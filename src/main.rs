@@ -125,7 +125,11 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Simulate(a) => simulate(a),
-        Command::Enqueue(a) => enqueue(a),
+        Command::Enqueue(a) => match enqueue(a) {
+            // Some lines refused or not sent: the summary said which.
+            Ok(false) => return ExitCode::FAILURE,
+            other => other.map(|_| ()),
+        },
         Command::Status(a) => status(a),
         Command::Run(_) | Command::CheckConfig(_) => unreachable!("handled above"),
     };
@@ -173,7 +177,7 @@ fn run(a: RunArgs) -> ExitCode {
     };
     let result = rt.block_on(fanout::run::run(cfg));
     // Blocking tasks (credential providers) must not hold the exit.
-    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
@@ -204,7 +208,8 @@ fn check_config(a: CheckConfigArgs) -> ExitCode {
     }
 }
 
-fn enqueue(a: EnqueueArgs) -> Result<()> {
+/// `Ok(false)`: done, but some lines were invalid or not sent.
+fn enqueue(a: EnqueueArgs) -> Result<bool> {
     let cfg = Config::load(&a.config)?;
     let input = match (a.company_id, a.file) {
         (Some(company_id), None) => Input::One {
@@ -227,13 +232,13 @@ fn enqueue(a: EnqueueArgs) -> Result<()> {
         print!("{}", summary.human());
     }
     if !summary.ok() {
-        bail!(
-            "{} line(s) invalid, {} not sent (see above)",
+        eprintln!(
+            "error: {} line(s) invalid, {} not sent (see above)",
             summary.invalid.len(),
             summary.failed.len()
         );
     }
-    Ok(())
+    Ok(summary.ok())
 }
 
 fn status(a: StatusArgs) -> Result<()> {

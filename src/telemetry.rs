@@ -49,6 +49,20 @@ pub fn init_json_logs() {
         .init();
 }
 
+/// The controller's counters (see `Controller`'s `MetricsSink` calls).
+const COUNTERS: [&str; 10] = [
+    "deletes",
+    "dead_lettered",
+    "start_throttles",
+    "start_errors_transient",
+    "start_errors_permanent",
+    "receive_errors",
+    "delete_failures",
+    "reconciles",
+    "reconcile_failures",
+    "metric_errors",
+];
+
 #[derive(Default)]
 struct Inner {
     gauges: BTreeMap<&'static str, f64>,
@@ -68,8 +82,13 @@ pub struct Telemetry {
 
 impl Telemetry {
     pub fn new(ceiling: u32) -> Telemetry {
+        let mut inner = Inner::default();
+        // Present from the start, so rate() and alerts see a 0, not a gap.
+        for name in COUNTERS {
+            inner.counters.insert(name, 0);
+        }
         Telemetry {
-            inner: Arc::default(),
+            inner: Arc::new(Mutex::new(inner)),
             ceiling,
         }
     }
