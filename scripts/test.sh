@@ -16,4 +16,5 @@ if [[ ! -x .venv/bin/moto_server ]]; then
     .venv/bin/pip install --quiet --disable-pip-version-check "moto[server]==${MOTO_VERSION}"
 fi
 
-cargo test --release --all-targets
+# --no-fail-fast: one failing suite must not hide the others.
+cargo test --release --all-targets --no-fail-fast
