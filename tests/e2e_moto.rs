@@ -737,3 +737,77 @@ region = "us-east-1"
     assert_eq!(out.status.code(), Some(1));
     assert!(text.contains("line 2"), "{text}");
 }
+
+/// The adapters themselves: receive counts, per-entry batch failures,
+/// ExecutionAlreadyExists, and the error kinds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapters_map_counts_entries_and_errors() {
+    use fanout::aws::sfn::SfnExecutions;
+    use fanout::aws::sqs::SqsQueue;
+    use fanout::ports::{Executions, OutgoingMessage, PortError, StartOutcome, WorkQueue};
+
+    let env = Env::new(30).await;
+    // Clients with static test credentials (the binary uses the default
+    // chain with the environment child_env sets).
+    let c = &env.aws;
+    let q = SqsQueue::new(c.sqs.clone(), &env.bulk);
+    let sent = q
+        .send_batch(&[OutgoingMessage {
+            body: r#"{"company_id":"x"}"#.into(),
+            attributes: vec![("origin".into(), "e2e".into())],
+            ..OutgoingMessage::default()
+        }])
+        .await
+        .unwrap();
+    assert!(sent.is_empty(), "{sent:?}");
+    let first = q
+        .receive(10, Duration::ZERO, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].receive_count, 1);
+    let second = q
+        .receive(10, Duration::from_secs(30), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        second[0].receive_count, 2,
+        "ApproximateReceiveCount not read"
+    );
+    let failed = q
+        .delete_batch(&[second[0].receipt.clone(), "not-a-receipt".into()])
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].index, 1);
+    assert!(!failed[0].error.is_retryable(), "{:?}", failed[0].error);
+
+    let sfn = SfnExecutions::new(c.sfn.clone(), &env.arn);
+    assert_eq!(
+        sfn.start("once", "{}").await.unwrap(),
+        StartOutcome::Started
+    );
+    let again = sfn.start("once", r#"{"other":1}"#).await.unwrap();
+    assert_eq!(again, StartOutcome::AlreadyExists);
+    let page = sfn.list_running(None).await.unwrap();
+    assert_eq!(page.names, ["once"]);
+    let missing = SfnExecutions::new(
+        c.sfn.clone(),
+        "arn:aws:states:us-east-1:123456789012:stateMachine:nope",
+    );
+    match missing.start("x", "{}").await {
+        Err(PortError::Permanent { code, .. }) => assert_eq!(code, "StateMachineDoesNotExist"),
+        other => panic!("{other:?}"),
+    }
+
+    // CloudWatch is not exercised here: aws-sdk-cloudwatch speaks the
+    // RPCv2-CBOR protocol, which moto 5.2.5 does not serve (404).
+
+    // Nothing listens on a port we just released: a transient failure.
+    let closed = clients(&format!("http://127.0.0.1:{}", free_port())).await;
+    let dead = SqsQueue::new(closed.sqs, &env.bulk);
+    match dead.receive(1, Duration::ZERO, Duration::ZERO).await {
+        Err(e @ PortError::Transient { .. }) => assert!(e.is_retryable()),
+        other => panic!("{other:?}"),
+    }
+}
