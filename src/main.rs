@@ -152,6 +152,21 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// Exit 2 on an unusable config (every problem listed), 1 on a runtime
 /// failure, 0 after a shutdown by signal.
 fn run(a: RunArgs) -> ExitCode {
+    // Every problem at once, the AWS-only ones included (as check-config).
+    match fanout::check::check_config(&a.config) {
+        Ok(problems) if problems.is_empty() => {}
+        Ok(problems) => {
+            eprintln!("error: the config is not usable against AWS:");
+            for p in problems {
+                eprintln!("  {p}");
+            }
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let cfg = match Config::load(&a.config) {
         Ok(c) => c,
         Err(e) => {
@@ -159,14 +174,6 @@ fn run(a: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let problems = cfg.validate_for_aws();
-    if !problems.is_empty() {
-        eprintln!("error: {}: not usable against AWS:", a.config.display());
-        for p in problems {
-            eprintln!("  - {}: {}", p.field, p.message);
-        }
-        return ExitCode::from(2);
-    }
     fanout::telemetry::init_json_logs();
     let rt = match runtime() {
         Ok(rt) => rt,

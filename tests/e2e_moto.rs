@@ -736,6 +736,18 @@ region = "us-east-1"
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1));
     assert!(text.contains("line 2"), "{text}");
+
+    // `run` refuses the same way, before touching AWS: exit 2.
+    std::fs::write(&path, "[controller]\nceiling = 0\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for field in ["controller.ceiling", "queues", "aws.state_machine_arn"] {
+        assert!(err.contains(field), "{field} missing from:\n{err}");
+    }
 }
 
 /// The adapters themselves: receive counts, per-entry batch failures,
