@@ -80,6 +80,10 @@ struct StatusArgs {
     /// One JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// A running controller's HTTP server (its `[http] listen`), e.g.
+    /// http://127.0.0.1:8080: adds its budget and estimate.
+    #[arg(long, value_name = "URL")]
+    controller: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -250,7 +254,7 @@ fn enqueue(a: EnqueueArgs) -> Result<bool> {
 
 fn status(a: StatusArgs) -> Result<()> {
     let cfg = Config::load(&a.config)?;
-    let s = runtime()?.block_on(fanout::status::status(&cfg))?;
+    let s = runtime()?.block_on(fanout::status::status(&cfg, a.controller.as_deref()))?;
     if a.json {
         println!("{}", serde_json::to_string(&s)?);
     } else {

@@ -551,6 +551,18 @@ async fn drains_bulk_and_priority_at_the_ceiling() {
     assert!(metrics.contains("fanout_ceiling 20"), "{metrics}");
     assert!(metrics.contains("fanout_starts_total"), "{metrics}");
 
+    let url = format!("http://127.0.0.1:{}", env.http_port);
+    let status = env.fanout(&[
+        "status",
+        "--config",
+        env.config.to_str().unwrap(),
+        "--controller",
+        &url,
+    ]);
+    let table = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(status.status.success(), "{table}");
+    assert!(table.contains("bulk"), "{table}");
+    assert!(table.contains("controller: ready"), "{table}");
     ctl.signal("-TERM");
     let (code, _) = ctl.wait_exit(Duration::from_secs(15)).await;
     assert_eq!(code, Some(0), "{}", ctl.log());
@@ -575,11 +587,16 @@ async fn drains_bulk_and_priority_at_the_ceiling() {
     for q in [&env.priority, &env.bulk, &env.priority_dlq, &env.bulk_dlq] {
         assert_eq!(env.depth(q).await, (0, 0), "{q} not empty");
     }
-    let status = env.fanout(&["status", "--config", env.config.to_str().unwrap()]);
-    let table = String::from_utf8_lossy(&status.stdout);
-    assert!(status.status.success(), "{table}");
-    assert!(table.contains("bulk"), "{table}");
     eprintln!("305 messages drained in {elapsed:?}, peak RUNNING {peak}\n{table}");
+    let log = ctl.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\""))
+        .collect();
+    eprintln!("{} warning line(s)", warnings.len());
+    for w in warnings.iter().take(10) {
+        eprintln!("{w}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
