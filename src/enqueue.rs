@@ -15,7 +15,7 @@ use crate::aws::Clients;
 use crate::aws::sqs::SqsQueue;
 use crate::config::Config;
 use crate::control::naming::{Namer, TemplateError};
-use crate::ports::{OutgoingMessage, PortError, WorkQueue};
+use crate::ports::{OutgoingMessage, WorkQueue};
 
 /// Batches of 10 in flight at once.
 const BATCHES_IN_FLIGHT: usize = 8;
@@ -42,11 +42,8 @@ pub enum EnqueueError {
     FileType { path: PathBuf },
     #[error("the body is refused: {0}")]
     Refused(String),
-    #[error("SendMessage to {queue_url} failed: {source}")]
-    Send {
-        queue_url: String,
-        source: PortError,
-    },
+    #[error("SendMessage to {queue_url} failed after {ATTEMPTS} attempts: {reason}")]
+    Send { queue_url: String, reason: String },
 }
 
 /// What to enqueue.
@@ -362,11 +359,7 @@ pub async fn enqueue(cfg: &Config, opts: EnqueueOptions) -> Result<EnqueueSummar
         if let Some(f) = failed.into_iter().next() {
             return Err(EnqueueError::Send {
                 queue_url: qc.url.clone(),
-                source: PortError::Permanent {
-                    service: "sqs",
-                    code: "SendFailed".into(),
-                    message: f.reason,
-                },
+                reason: f.reason,
             });
         }
         summary.sent = 1;
