@@ -840,3 +840,43 @@ async fn adapters_map_counts_entries_and_errors() {
         other => panic!("{other:?}"),
     }
 }
+
+/// `enqueue --dry-run` needs no AWS: it validates and names bad lines.
+#[test]
+fn enqueue_dry_run_names_bad_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[naming]\ntemplate = \"co-{company_id}-{region}\"\n[[queues]]\nname = \"bulk\"\n",
+    )
+    .unwrap();
+    let file = dir.path().join("c.jsonl");
+    std::fs::write(
+        &file,
+        "{\"company_id\":\"a\",\"region\":\"eu\"}\nnot json\n{\"company_id\":\"b\"}\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["enqueue", "--config", cfg.to_str().unwrap()])
+        .args(["--file", file.to_str().unwrap(), "--dry-run", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], 1);
+    assert_eq!(v["sent"], 0);
+    let lines: Vec<u64> = v["invalid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [2, 3]);
+    assert!(
+        v["invalid"][1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("region")
+    );
+}
