@@ -59,6 +59,12 @@ pub struct Config {
     /// AWS connection settings (ignored by the simulator).
     #[serde(default)]
     pub aws: AwsConfig,
+    /// `fanout run`'s HTTP server (/healthz, /metrics).
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Custom metrics published to CloudWatch by `fanout run`.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -403,6 +409,54 @@ pub struct AwsConfig {
     pub functions: Vec<String>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the /healthz and /metrics server.
+    #[serde(default = "d_listen")]
+    pub listen: String,
+}
+
+fn d_listen() -> String {
+    "0.0.0.0:8080".to_string()
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: d_listen() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Publish fanout's gauges and counters with PutMetricData.
+    #[serde(default)]
+    pub cloudwatch: bool,
+    #[serde(default = "d_namespace")]
+    pub namespace: String,
+    /// One PutMetricData batch per this many seconds.
+    #[serde(default = "d_publish_interval")]
+    pub interval_secs: u64,
+}
+
+fn d_namespace() -> String {
+    "fanout".to_string()
+}
+const fn d_publish_interval() -> u64 {
+    60
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            cloudwatch: false,
+            namespace: d_namespace(),
+            interval_secs: d_publish_interval(),
+        }
+    }
+}
+
 /// One problem found in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -633,6 +687,27 @@ impl Config {
         }
         if self.fixed.max_running == Some(0) {
             bad("fixed.max_running", "must be at least 1".into());
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            bad(
+                "http.listen",
+                format!(
+                    "\"{}\" is not an address and port such as 0.0.0.0:8080",
+                    self.http.listen
+                ),
+            );
+        }
+        if self.metrics.namespace.is_empty() || self.metrics.namespace.starts_with("AWS/") {
+            bad(
+                "metrics.namespace",
+                format!(
+                    "\"{}\" must be non-empty and not start with AWS/",
+                    self.metrics.namespace
+                ),
+            );
+        }
+        if self.metrics.interval_secs == 0 {
+            bad("metrics.interval_secs", "must be at least 1".into());
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, q) in self.queues.iter().enumerate() {

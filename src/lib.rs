@@ -10,9 +10,19 @@
 //! - [`controller`]: the async loop wiring ports and decisions; shutdown.
 //! - [`sim`]: simulated SQS, Step Functions, Lambda and CloudWatch in
 //!   virtual time, scenarios and the run report.
+//! - [`aws`]: the ports over the AWS SDK (SQS, Step Functions, CloudWatch,
+//!   Lambda) and the mapping of SDK errors.
+//! - [`run`], [`enqueue`], [`status`], [`check`]: the commands of the same
+//!   names; [`telemetry`]: JSON logs, /healthz and /metrics.
 
+pub mod aws;
+pub mod check;
 pub mod config;
 pub mod control;
 pub mod controller;
+pub mod enqueue;
 pub mod ports;
+pub mod run;
 pub mod sim;
+pub mod status;
+pub mod telemetry;

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 use fanout::config::{Config, Policy};
+use fanout::enqueue::{EnqueueOptions, Input};
 use fanout::sim::{self, Scenario, SimOptions};
 
 #[derive(Parser)]
@@ -23,8 +24,72 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller against AWS (or an emulator): JSON logs on stdout,
+    /// /healthz and /metrics on `[http] listen`.
+    Run(RunArgs),
+    /// Put one company update, or a whole refresh from a file, on a queue.
+    Enqueue(EnqueueArgs),
+    /// Queue depths, running executions and the ceiling.
+    Status(StatusArgs),
+    /// Validate a config file and list every problem.
+    CheckConfig(CheckConfigArgs),
     /// Run the controller against the built-in simulated AWS in virtual time.
     Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct EnqueueArgs {
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// One company update (with --data for more fields).
+    #[arg(
+        long,
+        value_name = "ID",
+        conflicts_with = "file",
+        required_unless_present = "file"
+    )]
+    company_id: Option<String>,
+    /// Extra fields of the single update, as a JSON object.
+    #[arg(long, value_name = "JSON", requires = "company_id")]
+    data: Option<String>,
+    /// A whole refresh: CSV with a company_id column, or JSON lines.
+    #[arg(long, value_name = "FILE.csv|FILE.jsonl")]
+    file: Option<PathBuf>,
+    /// Send to the priority queue (the first [[queues]]) instead of the bulk
+    /// one (the last).
+    #[arg(long)]
+    priority: bool,
+    /// Only validate and print the summary.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// One JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// A running controller's HTTP server (its `[http] listen`), e.g.
+    /// http://127.0.0.1:8080: adds its budget and estimate.
+    #[arg(long, value_name = "URL")]
+    controller: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct CheckConfigArgs {
+    /// The config file to check.
+    file: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -60,6 +125,11 @@ struct SimulateArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match cli.command {
+        Command::Run(a) => return run(a),
+        Command::CheckConfig(a) => return check_config(a),
+        _ => {}
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
@@ -68,6 +138,13 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Simulate(a) => simulate(a),
+        Command::Enqueue(a) => match enqueue(a) {
+            // Some lines refused or not sent: the summary said which.
+            Ok(false) => return ExitCode::FAILURE,
+            other => other.map(|_| ()),
+        },
+        Command::Status(a) => status(a),
+        Command::Run(_) | Command::CheckConfig(_) => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -76,6 +153,123 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Exit 2 on an unusable config (every problem listed), 1 on a runtime
+/// failure, 0 after a shutdown by signal.
+fn run(a: RunArgs) -> ExitCode {
+    // Every problem at once, the AWS-only ones included (as check-config).
+    match fanout::check::check_config(&a.config) {
+        Ok(problems) if problems.is_empty() => {}
+        Ok(problems) => {
+            eprintln!("error: the config is not usable against AWS:");
+            for p in problems {
+                eprintln!("  {p}");
+            }
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let cfg = match Config::load(&a.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    fanout::telemetry::init_json_logs();
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(fanout::run::run(cfg));
+    // Blocking tasks (credential providers) must not hold the exit.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "fanout run failed");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(a: CheckConfigArgs) -> ExitCode {
+    match fanout::check::check_config(&a.file) {
+        Ok(problems) if problems.is_empty() => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Ok(problems) => {
+            for p in &problems {
+                println!("{p}");
+            }
+            eprintln!("{} problem(s)", problems.len());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `Ok(false)`: done, but some lines were invalid or not sent.
+fn enqueue(a: EnqueueArgs) -> Result<bool> {
+    let cfg = Config::load(&a.config)?;
+    let input = match (a.company_id, a.file) {
+        (Some(company_id), None) => Input::One {
+            company_id,
+            data: a.data,
+        },
+        (None, Some(f)) => Input::File(f),
+        _ => bail!("give either --company-id or --file"),
+    };
+    let opts = EnqueueOptions {
+        input,
+        priority: a.priority,
+        dry_run: a.dry_run,
+        progress: !a.json && fanout::enqueue::stderr_is_terminal(),
+    };
+    let summary = runtime()?.block_on(fanout::enqueue::enqueue(&cfg, opts))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print!("{}", summary.human());
+    }
+    if !summary.ok() {
+        eprintln!(
+            "error: {} line(s) invalid, {} not sent (see above)",
+            summary.invalid.len(),
+            summary.failed.len()
+        );
+    }
+    Ok(summary.ok())
+}
+
+fn status(a: StatusArgs) -> Result<()> {
+    let cfg = Config::load(&a.config)?;
+    let s = runtime()?.block_on(fanout::status::status(&cfg, a.controller.as_deref()))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&s)?);
+    } else {
+        print!("{}", s.table());
+    }
+    Ok(())
 }
 
 /// FILE.csv → FILE-suffix.csv

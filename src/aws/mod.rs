@@ -1,0 +1,206 @@
+//! Adapters implementing the ports over the AWS SDK: SQS ([`sqs`]), Step
+//! Functions ([`sfn`]), CloudWatch ([`cloudwatch`]) and Lambda
+//! ([`lambda`]). Clients use aws-config's default credential chain (the ECS
+//! task role in production), the region from `[aws] region` or the
+//! environment, and `[aws] endpoint_url` when set (emulators, VPC
+//! endpoints).
+
+pub mod cloudwatch;
+pub mod lambda;
+pub mod sfn;
+pub mod sqs;
+
+use aws_sdk_sqs::config::http::HttpResponse;
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+
+use crate::config::AwsConfig;
+use crate::ports::PortError;
+
+/// The shared SDK configuration for every client.
+pub async fn sdk_config(aws: &AwsConfig) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = &aws.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(url) = &aws.endpoint_url {
+        loader = loader.endpoint_url(url.clone());
+    }
+    loader.load().await
+}
+
+/// Clients for everything fanout talks to.
+#[derive(Clone, Debug)]
+pub struct Clients {
+    pub sqs: aws_sdk_sqs::Client,
+    pub sfn: aws_sdk_sfn::Client,
+    pub cloudwatch: aws_sdk_cloudwatch::Client,
+    pub lambda: aws_sdk_lambda::Client,
+}
+
+impl Clients {
+    pub async fn new(aws: &AwsConfig) -> Clients {
+        let c = sdk_config(aws).await;
+        Clients {
+            sqs: aws_sdk_sqs::Client::new(&c),
+            sfn: aws_sdk_sfn::Client::new(&c),
+            cloudwatch: aws_sdk_cloudwatch::Client::new(&c),
+            lambda: aws_sdk_lambda::Client::new(&c),
+        }
+    }
+}
+
+/// Error codes AWS services use to ask callers to slow down.
+const THROTTLE_CODES: &[&str] = &[
+    "ThrottlingException",
+    "Throttling",
+    "TooManyRequestsException",
+    "TooManyRequests",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "SlowDown",
+    "AWS.SimpleQueueService.RequestThrottled",
+];
+
+/// Map an SDK error onto the port's three kinds, keeping the AWS code:
+/// throttling codes (and HTTP 429) are `Throttled`; HTTP 5xx, timeouts,
+/// dispatch and response failures are `Transient`; the rest `Permanent`.
+pub fn classify<E>(service: &'static str, err: &SdkError<E, HttpResponse>) -> PortError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let code = err.code().unwrap_or("").to_string();
+    let message = err
+        .message()
+        .map(str::to_string)
+        .unwrap_or_else(|| aws_smithy_error_text(err));
+    match err {
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            classify_code(service, code, status, message)
+        }
+        SdkError::TimeoutError(_) => PortError::Transient {
+            service,
+            code: "Timeout".into(),
+            message,
+        },
+        SdkError::DispatchFailure(_) => PortError::Transient {
+            service,
+            code: "DispatchFailure".into(),
+            message,
+        },
+        SdkError::ResponseError(_) => PortError::Transient {
+            service,
+            code: "ResponseError".into(),
+            message,
+        },
+        _ => PortError::Permanent {
+            service,
+            code: if code.is_empty() {
+                "ConstructionFailure".into()
+            } else {
+                code
+            },
+            message,
+        },
+    }
+}
+
+/// The decision on a service error's code and HTTP status.
+pub fn classify_code(
+    service: &'static str,
+    code: String,
+    status: u16,
+    message: String,
+) -> PortError {
+    if status == 429 || THROTTLE_CODES.contains(&code.as_str()) {
+        PortError::Throttled { service, code }
+    } else if status >= 500 {
+        PortError::Transient {
+            service,
+            code: if code.is_empty() {
+                format!("HTTP{status}")
+            } else {
+                code
+            },
+            message,
+        }
+    } else {
+        PortError::Permanent {
+            service,
+            code: if code.is_empty() {
+                format!("HTTP{status}")
+            } else {
+                code
+            },
+            message,
+        }
+    }
+}
+
+/// The whole source chain of an error: the SDK's Display alone says only
+/// "dispatch failure".
+fn aws_smithy_error_text(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut src = err.source();
+    while let Some(s) = src {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        src = s.source();
+    }
+    text
+}
+
+/// A batch entry's error (SQS `BatchResultErrorEntry`) as a port error.
+pub fn classify_entry(
+    service: &'static str,
+    code: &str,
+    message: Option<&str>,
+    sender_fault: bool,
+) -> PortError {
+    let status = if sender_fault { 400 } else { 500 };
+    classify_code(
+        service,
+        code.to_string(),
+        status,
+        message.unwrap_or("").to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_to_kinds() {
+        let k = |code: &str, status| classify_code("sfn", code.into(), status, String::new());
+        assert!(matches!(
+            k("ThrottlingException", 400),
+            PortError::Throttled { .. }
+        ));
+        assert!(matches!(
+            k("RequestLimitExceeded", 400),
+            PortError::Throttled { .. }
+        ));
+        assert!(matches!(k("", 429), PortError::Throttled { .. }));
+        assert!(matches!(
+            k("InternalFailure", 500),
+            PortError::Transient { .. }
+        ));
+        assert!(matches!(
+            k("ServiceUnavailable", 503),
+            PortError::Transient { .. }
+        ));
+        match k("AccessDeniedException", 400) {
+            PortError::Permanent { code, .. } => assert_eq!(code, "AccessDeniedException"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            classify_entry("sqs", "InternalError", None, false),
+            PortError::Transient { .. }
+        ));
+        assert!(matches!(
+            classify_entry("sqs", "ReceiptHandleIsInvalid", Some("bad"), true),
+            PortError::Permanent { .. }
+        ));
+    }
+}

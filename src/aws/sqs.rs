@@ -1,0 +1,251 @@
+//! `WorkQueue` over SQS, plus the queue depths `fanout status` shows.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::{
+    BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName, SendMessageBatchRequestEntry,
+};
+
+use super::{classify, classify_entry};
+use crate::ports::{EntryFailure, Message, OutgoingMessage, PortError, WorkQueue};
+
+const SERVICE: &str = "sqs";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqsError {
+    /// A request could not even be built (a required field missing).
+    #[error("building the SQS request for {queue_url}: {source}")]
+    Build {
+        queue_url: String,
+        source: aws_sdk_sqs::error::BuildError,
+    },
+    #[error("GetQueueAttributes on {queue_url}: {source}")]
+    Attributes {
+        queue_url: String,
+        source: PortError,
+    },
+}
+
+/// One SQS queue by URL.
+#[derive(Clone, Debug)]
+pub struct SqsQueue {
+    client: Client,
+    url: String,
+}
+
+/// Approximate message counts of a queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Depth {
+    pub visible: u64,
+    pub in_flight: u64,
+    pub delayed: u64,
+}
+
+impl SqsQueue {
+    pub fn new(client: Client, url: impl Into<String>) -> SqsQueue {
+        SqsQueue {
+            client,
+            url: url.into(),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn build_error(&self, source: aws_sdk_sqs::error::BuildError) -> PortError {
+        PortError::Permanent {
+            service: SERVICE,
+            code: "BuildError".into(),
+            message: SqsError::Build {
+                queue_url: self.url.clone(),
+                source,
+            }
+            .to_string(),
+        }
+    }
+
+    /// Visible, in-flight and delayed counts (approximate, as SQS says).
+    pub async fn depth(&self) -> Result<Depth, SqsError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(|e| SqsError::Attributes {
+                queue_url: self.url.clone(),
+                source: classify(SERVICE, &e),
+            })?;
+        let attrs = out.attributes().cloned().unwrap_or_default();
+        let get = |k: QueueAttributeName| {
+            attrs
+                .get(&k)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok(Depth {
+            visible: get(QueueAttributeName::ApproximateNumberOfMessages),
+            in_flight: get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            delayed: get(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+        })
+    }
+}
+
+/// Per-entry failures of a batch call, by the index the entry id carries.
+fn entry_failures(failed: &[BatchResultErrorEntry]) -> Vec<EntryFailure> {
+    failed
+        .iter()
+        .filter_map(|f| {
+            let index = f.id().parse::<usize>().ok()?;
+            Some(EntryFailure {
+                index,
+                error: classify_entry(SERVICE, f.code(), f.message(), f.sender_fault()),
+            })
+        })
+        .collect()
+}
+
+fn secs_i32(d: Duration) -> i32 {
+    d.as_secs().min(i32::MAX as u64) as i32
+}
+
+impl WorkQueue for SqsQueue {
+    async fn receive(
+        &self,
+        max: usize,
+        visibility: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Message>, PortError> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(&self.url)
+            .max_number_of_messages(max.clamp(1, 10) as i32)
+            .visibility_timeout(secs_i32(visibility))
+            .wait_time_seconds(secs_i32(wait).min(20))
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .map_err(|e| classify(SERVICE, &e))?;
+        Ok(out
+            .messages()
+            .iter()
+            .map(|m| {
+                let receive_count = m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                Message {
+                    id: m.message_id().unwrap_or_default().to_string(),
+                    receipt: m.receipt_handle().unwrap_or_default().to_string(),
+                    body: m.body().unwrap_or_default().to_string(),
+                    receive_count,
+                }
+            })
+            .collect())
+    }
+
+    async fn delete_batch(&self, receipts: &[String]) -> Result<Vec<EntryFailure>, PortError> {
+        if receipts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let entries = receipts
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(r)
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.build_error(e))?;
+        let out = self
+            .client
+            .delete_message_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| classify(SERVICE, &e))?;
+        Ok(entry_failures(out.failed()))
+    }
+
+    async fn change_visibility_batch(
+        &self,
+        receipts: &[String],
+        visibility: Duration,
+    ) -> Result<Vec<EntryFailure>, PortError> {
+        if receipts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let entries = receipts
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(r)
+                    .visibility_timeout(secs_i32(visibility))
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.build_error(e))?;
+        let out = self
+            .client
+            .change_message_visibility_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| classify(SERVICE, &e))?;
+        Ok(entry_failures(out.failed()))
+    }
+
+    async fn send_batch(
+        &self,
+        entries: &[OutgoingMessage],
+    ) -> Result<Vec<EntryFailure>, PortError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut built = Vec::with_capacity(entries.len());
+        for (i, m) in entries.iter().enumerate() {
+            let mut attrs = HashMap::new();
+            for (k, v) in &m.attributes {
+                let value = MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(v)
+                    .build()
+                    .map_err(|e| self.build_error(e))?;
+                attrs.insert(k.clone(), value);
+            }
+            let entry = SendMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message_body(&m.body)
+                .delay_seconds(secs_i32(m.delay).min(900))
+                .set_message_attributes((!attrs.is_empty()).then_some(attrs))
+                .build()
+                .map_err(|e| self.build_error(e))?;
+            built.push(entry);
+        }
+        let out = self
+            .client
+            .send_message_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(built))
+            .send()
+            .await
+            .map_err(|e| classify(SERVICE, &e))?;
+        Ok(entry_failures(out.failed()))
+    }
+}

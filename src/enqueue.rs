@@ -1,0 +1,447 @@
+//! `fanout enqueue`: one company update, or a whole refresh from a CSV or
+//! JSON-lines file, onto the priority queue (the first `[[queues]]`) or the
+//! bulk queue (the last). Every body is checked with the naming template
+//! first, so input that could never start is refused here, with its line.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::aws::Clients;
+use crate::aws::sqs::SqsQueue;
+use crate::config::Config;
+use crate::control::naming::{Namer, TemplateError};
+use crate::ports::{OutgoingMessage, WorkQueue};
+
+/// Batches of 10 in flight at once.
+const BATCHES_IN_FLIGHT: usize = 8;
+const ATTEMPTS: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    #[error("no [[queues]] entry in the config: nowhere to send")]
+    NoQueue,
+    #[error("queues[{index}].url is empty: set the queue URL")]
+    NoUrl { index: usize },
+    #[error("naming.template: {0}")]
+    Template(#[from] TemplateError),
+    #[error("--data must be a JSON object: {0}")]
+    Data(String),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Csv { path: PathBuf, message: String },
+    #[error("{path}: unknown file type; use .csv or .jsonl")]
+    FileType { path: PathBuf },
+    #[error("the body is refused: {0}")]
+    Refused(String),
+    #[error("SendMessage to {queue_url} failed after {ATTEMPTS} attempts: {reason}")]
+    Send { queue_url: String, reason: String },
+}
+
+/// What to enqueue.
+#[derive(Debug, Clone)]
+pub enum Input {
+    One {
+        company_id: String,
+        data: Option<String>,
+    },
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct EnqueueOptions {
+    pub input: Input,
+    pub priority: bool,
+    pub dry_run: bool,
+    /// Show a progress bar (stderr is a terminal).
+    pub progress: bool,
+}
+
+/// A line of input that was refused, or a message that could not be sent.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LineProblem {
+    pub line: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EnqueueSummary {
+    pub queue: String,
+    pub dry_run: bool,
+    /// Valid bodies read.
+    pub valid: u64,
+    pub sent: u64,
+    pub failed: Vec<LineProblem>,
+    pub invalid: Vec<LineProblem>,
+}
+
+impl EnqueueSummary {
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty() && self.invalid.is_empty()
+    }
+
+    pub fn human(&self) -> String {
+        let mut s = format!(
+            "queue: {}\nvalid: {}\nsent: {}{}\nfailed: {}\ninvalid: {}\n",
+            self.queue,
+            self.valid,
+            self.sent,
+            if self.dry_run { " (dry run)" } else { "" },
+            self.failed.len(),
+            self.invalid.len()
+        );
+        for p in self.invalid.iter().take(50) {
+            s.push_str(&format!("  line {}: invalid: {}\n", p.line, p.reason));
+        }
+        for p in self.failed.iter().take(50) {
+            s.push_str(&format!("  line {}: not sent: {}\n", p.line, p.reason));
+        }
+        let hidden = self.invalid.len().saturating_sub(50) + self.failed.len().saturating_sub(50);
+        if hidden > 0 {
+            s.push_str(&format!("  ... and {hidden} more\n"));
+        }
+        s
+    }
+}
+
+/// A body ready to send, with the input line it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Body {
+    pub line: u64,
+    pub text: String,
+}
+
+fn id_ok(v: &Value) -> bool {
+    match v {
+        Value::String(s) => !s.trim().is_empty(),
+        Value::Number(_) => true,
+        _ => false,
+    }
+}
+
+/// The body of a single update: `{"company_id": ID, ...data}`.
+pub fn single_body(company_id: &str, data: Option<&str>) -> Result<String, EnqueueError> {
+    let mut obj = match data {
+        None => Map::new(),
+        Some(d) => match serde_json::from_str::<Value>(d) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => return Err(EnqueueError::Data("not an object".into())),
+            Err(e) => return Err(EnqueueError::Data(e.to_string())),
+        },
+    };
+    if company_id.trim().is_empty() {
+        return Err(EnqueueError::Refused("--company-id is empty".into()));
+    }
+    obj.insert("company_id".into(), Value::String(company_id.to_string()));
+    Ok(Value::Object(obj).to_string())
+}
+
+/// Parse a CSV (header row with `company_id`; other columns become string
+/// fields) or JSON-lines file (one object with `company_id` per line).
+pub fn read_file(path: &Path) -> Result<(Vec<Body>, Vec<LineProblem>), EnqueueError> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        "csv" => read_csv(path),
+        "jsonl" | "ndjson" => {
+            let text = std::fs::read_to_string(path).map_err(|source| EnqueueError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            Ok(parse_jsonl(&text))
+        }
+        _ => Err(EnqueueError::FileType {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+pub fn parse_jsonl(text: &str) -> (Vec<Body>, Vec<LineProblem>) {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i as u64 + 1;
+        if raw.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Value>(raw) {
+            Ok(Value::Object(m)) if m.get("company_id").is_some_and(id_ok) => ok.push(Body {
+                line,
+                text: Value::Object(m).to_string(),
+            }),
+            Ok(Value::Object(_)) => bad.push(LineProblem {
+                line,
+                reason: "no company_id (a non-empty string or a number)".into(),
+            }),
+            Ok(_) => bad.push(LineProblem {
+                line,
+                reason: "not a JSON object".into(),
+            }),
+            Err(e) => bad.push(LineProblem {
+                line,
+                reason: format!("not JSON: {e}"),
+            }),
+        }
+    }
+    (ok, bad)
+}
+
+fn read_csv(path: &Path) -> Result<(Vec<Body>, Vec<LineProblem>), EnqueueError> {
+    let csv_err = |e: csv::Error| EnqueueError::Csv {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let mut r = csv::ReaderBuilder::new()
+        .flexible(false)
+        .from_path(path)
+        .map_err(csv_err)?;
+    let headers = r.headers().map_err(csv_err)?.clone();
+    if !headers.iter().any(|h| h == "company_id") {
+        return Err(EnqueueError::Csv {
+            path: path.to_path_buf(),
+            message: "the header row has no company_id column".into(),
+        });
+    }
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for rec in r.records() {
+        let rec = match rec {
+            Ok(rec) => rec,
+            Err(e) => {
+                let line = e.position().map(|p| p.line()).unwrap_or(0);
+                bad.push(LineProblem {
+                    line,
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let line = rec.position().map(|p| p.line()).unwrap_or(0);
+        let mut obj = Map::new();
+        for (h, v) in headers.iter().zip(rec.iter()) {
+            obj.insert(h.to_string(), Value::String(v.to_string()));
+        }
+        if obj.get("company_id").is_some_and(id_ok) {
+            ok.push(Body {
+                line,
+                text: Value::Object(obj).to_string(),
+            });
+        } else {
+            bad.push(LineProblem {
+                line,
+                reason: "empty company_id".into(),
+            });
+        }
+    }
+    Ok((ok, bad))
+}
+
+/// Keep only bodies that can ever start under the naming template.
+pub fn check_bodies(namer: &Namer, bodies: Vec<Body>, bad: &mut Vec<LineProblem>) -> Vec<Body> {
+    bodies
+        .into_iter()
+        .filter(|b| match namer.name("dry-run", &b.text) {
+            Ok(_) => true,
+            Err(e) => {
+                bad.push(LineProblem {
+                    line: b.line,
+                    reason: e.to_string(),
+                });
+                false
+            }
+        })
+        .collect()
+}
+
+/// Send one batch (≤ 10), retrying failed entries; returns the failures.
+async fn send_batch_retrying(q: &SqsQueue, batch: &[Body]) -> Vec<LineProblem> {
+    let mut pending: Vec<&Body> = batch.iter().collect();
+    let mut failed = Vec::new();
+    for attempt in 0..ATTEMPTS {
+        if pending.is_empty() {
+            break;
+        }
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+        }
+        let out: Vec<OutgoingMessage> = pending
+            .iter()
+            .map(|b| OutgoingMessage {
+                body: b.text.clone(),
+                ..OutgoingMessage::default()
+            })
+            .collect();
+        let last = attempt + 1 == ATTEMPTS;
+        match q.send_batch(&out).await {
+            Ok(failures) => {
+                let mut retry = Vec::new();
+                for f in failures {
+                    let b = pending[f.index];
+                    if f.error.is_retryable() && !last {
+                        retry.push(b);
+                    } else {
+                        failed.push(LineProblem {
+                            line: b.line,
+                            reason: f.error.to_string(),
+                        });
+                    }
+                }
+                pending = retry;
+            }
+            Err(e) if e.is_retryable() && !last => {}
+            Err(e) => {
+                failed.extend(pending.iter().map(|b| LineProblem {
+                    line: b.line,
+                    reason: e.to_string(),
+                }));
+                pending.clear();
+            }
+        }
+    }
+    failed
+}
+
+/// Run `fanout enqueue`.
+pub async fn enqueue(cfg: &Config, opts: EnqueueOptions) -> Result<EnqueueSummary, EnqueueError> {
+    let index = if opts.priority {
+        0
+    } else {
+        cfg.queues
+            .len()
+            .checked_sub(1)
+            .ok_or(EnqueueError::NoQueue)?
+    };
+    let qc = cfg.queues.get(index).ok_or(EnqueueError::NoQueue)?;
+    let namer = Namer::new(&cfg.naming.template)?;
+    let mut summary = EnqueueSummary {
+        queue: qc.name.clone(),
+        dry_run: opts.dry_run,
+        ..EnqueueSummary::default()
+    };
+    let bodies = match &opts.input {
+        Input::One { company_id, data } => {
+            let text = single_body(company_id, data.as_deref())?;
+            if let Err(e) = namer.name("dry-run", &text) {
+                return Err(EnqueueError::Refused(e.to_string()));
+            }
+            vec![Body { line: 1, text }]
+        }
+        Input::File(path) => {
+            let (ok, mut bad) = read_file(path)?;
+            let ok = check_bodies(&namer, ok, &mut bad);
+            summary.invalid = bad;
+            ok
+        }
+    };
+    summary.valid = bodies.len() as u64;
+    if opts.dry_run || bodies.is_empty() {
+        return Ok(summary);
+    }
+    if qc.url.is_empty() {
+        return Err(EnqueueError::NoUrl { index });
+    }
+    let clients = Clients::new(&cfg.aws).await;
+    let q = SqsQueue::new(clients.sqs, &qc.url);
+    if let Input::One { .. } = opts.input {
+        // A single update: report the error itself rather than a summary.
+        let failed = send_batch_retrying(&q, &bodies).await;
+        if let Some(f) = failed.into_iter().next() {
+            return Err(EnqueueError::Send {
+                queue_url: qc.url.clone(),
+                reason: f.reason,
+            });
+        }
+        summary.sent = 1;
+        return Ok(summary);
+    }
+    let bar = opts.progress.then(|| {
+        let b = indicatif::ProgressBar::new(bodies.len() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} sent  {per_sec}  eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let mut results = futures::stream::iter(bodies.chunks(10))
+        .map(|batch| {
+            let q = &q;
+            async move { (batch.len(), send_batch_retrying(q, batch).await) }
+        })
+        .buffer_unordered(BATCHES_IN_FLIGHT);
+    while let Some((n, failed)) = results.next().await {
+        summary.sent += (n - failed.len()) as u64;
+        summary.failed.extend(failed);
+        if let Some(b) = &bar {
+            b.inc(n as u64);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    summary.failed.sort_by_key(|p| p.line);
+    summary.invalid.sort_by_key(|p| p.line);
+    Ok(summary)
+}
+
+/// Whether stderr can show a progress bar.
+pub fn stderr_is_terminal() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_body_merges_data() {
+        let b = single_body("42", Some(r#"{"reason":"fix"}"#)).unwrap();
+        let v: Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(v["company_id"], "42");
+        assert_eq!(v["reason"], "fix");
+        assert!(single_body("42", Some("[1]")).is_err());
+    }
+
+    #[test]
+    fn jsonl_reports_bad_lines_with_numbers() {
+        let text = "{\"company_id\":\"a\"}\n\nnot json\n[1]\n{\"x\":1}\n{\"company_id\":7}\n";
+        let (ok, bad) = parse_jsonl(text);
+        assert_eq!(ok.iter().map(|b| b.line).collect::<Vec<_>>(), [1, 6]);
+        assert_eq!(bad.iter().map(|b| b.line).collect::<Vec<_>>(), [3, 4, 5]);
+    }
+
+    #[test]
+    fn template_fields_are_checked() {
+        let namer = Namer::new("co-{company_id}-{region}").unwrap();
+        let mut bad = Vec::new();
+        let ok = check_bodies(
+            &namer,
+            vec![
+                Body {
+                    line: 2,
+                    text: r#"{"company_id":"a","region":"eu"}"#.into(),
+                },
+                Body {
+                    line: 3,
+                    text: r#"{"company_id":"b"}"#.into(),
+                },
+            ],
+            &mut bad,
+        );
+        assert_eq!(ok.len(), 1);
+        assert_eq!(bad[0].line, 3);
+        assert!(bad[0].reason.contains("region"), "{}", bad[0].reason);
+    }
+}

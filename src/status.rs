@@ -1,0 +1,227 @@
+//! `fanout status`: queue depths, running executions and the ceiling, as a
+//! short table or one JSON object.
+
+use serde::Serialize;
+
+use crate::aws::Clients;
+use crate::aws::sfn::{SfnError, SfnExecutions};
+use crate::aws::sqs::{Depth, SqsError, SqsQueue};
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(transparent)]
+    Queue(#[from] SqsError),
+    #[error(transparent)]
+    Executions(#[from] SfnError),
+    #[error("--controller {url}: expected http://HOST:PORT")]
+    ControllerUrl { url: String },
+    #[error("GET {url}/metrics: {source}")]
+    Controller { url: String, source: std::io::Error },
+}
+
+/// What a running controller reports on its /metrics.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct ControllerView {
+    pub ready: bool,
+    pub running_executions: f64,
+    pub in_hand: f64,
+    pub budget: f64,
+    pub target_running: f64,
+    pub lambdas_per_execution: f64,
+    pub starts: f64,
+}
+
+/// Read the gauges of a controller's Prometheus text.
+pub fn parse_metrics(text: &str) -> ControllerView {
+    let mut v = ControllerView::default();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(x) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        match name {
+            "fanout_ready" => v.ready = x > 0.0,
+            "fanout_running_executions" => v.running_executions = x,
+            "fanout_in_hand" => v.in_hand = x,
+            "fanout_budget" => v.budget = x,
+            "fanout_target_running" => v.target_running = x,
+            "fanout_lambdas_per_execution" => v.lambdas_per_execution = x,
+            "fanout_starts_total" => v.starts = x,
+            _ => {}
+        }
+    }
+    v
+}
+
+/// GET `<url>/metrics` of a running `fanout run` (plain HTTP, 3 s limit).
+pub async fn fetch_controller(url: &str) -> Result<ControllerView, StatusError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let base = url.trim_end_matches('/');
+    let authority = base
+        .strip_prefix("http://")
+        .filter(|a| !a.is_empty() && !a.contains('/'))
+        .ok_or_else(|| StatusError::ControllerUrl {
+            url: url.to_string(),
+        })?;
+    let io = |source| StatusError::Controller {
+        url: base.to_string(),
+        source,
+    };
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(authority).await?;
+        let req =
+            format!("GET /metrics HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    let text = tokio::time::timeout(std::time::Duration::from_secs(3), fetch)
+        .await
+        .map_err(|_| io(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(io)?;
+    Ok(parse_metrics(&text))
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueStatus {
+    pub name: String,
+    pub visible: u64,
+    pub in_flight: u64,
+    pub delayed: u64,
+    /// Every message in the DLQ (visible, in flight and delayed).
+    pub dlq: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub queues: Vec<QueueStatus>,
+    pub running_executions: u64,
+    pub ceiling: u32,
+    pub max_lambdas_per_execution: f64,
+    /// Running executions allowed before anything is learned:
+    /// ceiling / max_lambdas_per_execution (the controller's cold target).
+    pub cold_target: u64,
+    /// Reserved concurrency per configured function (`null`: unreserved or
+    /// unknown).
+    pub reserved_concurrency: Vec<(String, Option<i32>)>,
+    /// The running controller's view, with `--controller`.
+    pub controller: Option<ControllerView>,
+}
+
+impl Status {
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "{:<12} {:>10} {:>10} {:>10} {:>10}\n",
+            "queue", "visible", "in_flight", "delayed", "dlq"
+        );
+        for q in &self.queues {
+            s.push_str(&format!(
+                "{:<12} {:>10} {:>10} {:>10} {:>10}\n",
+                q.name, q.visible, q.in_flight, q.delayed, q.dlq
+            ));
+        }
+        s.push_str(&format!(
+            "running executions: {}\nceiling: {} Lambdas (cold target {} executions at {} per execution)\n",
+            self.running_executions, self.ceiling, self.cold_target, self.max_lambdas_per_execution
+        ));
+        if let Some(c) = &self.controller {
+            s.push_str(&format!(
+                "controller: {}, running {}, in hand {}, budget {}, target {}, lambdas per execution {:.3}, starts {}\n",
+                if c.ready { "ready" } else { "not ready" },
+                c.running_executions,
+                c.in_hand,
+                c.budget,
+                c.target_running,
+                c.lambdas_per_execution,
+                c.starts
+            ));
+        }
+        for (f, r) in &self.reserved_concurrency {
+            match r {
+                Some(n) => s.push_str(&format!("reserved concurrency {f}: {n}\n")),
+                None => s.push_str(&format!("reserved concurrency {f}: none\n")),
+            }
+        }
+        s
+    }
+}
+
+fn total(d: Depth) -> u64 {
+    d.visible + d.in_flight + d.delayed
+}
+
+/// `controller`: base URL of a running controller's HTTP server, for its
+/// budget and estimate.
+pub async fn status(cfg: &Config, controller: Option<&str>) -> Result<Status, StatusError> {
+    let view = match controller {
+        Some(url) => Some(fetch_controller(url).await?),
+        None => None,
+    };
+    let clients = Clients::new(&cfg.aws).await;
+    let mut queues = Vec::new();
+    for q in &cfg.queues {
+        let d = SqsQueue::new(clients.sqs.clone(), &q.url).depth().await?;
+        let dlq = if q.dlq_url.is_empty() {
+            0
+        } else {
+            total(
+                SqsQueue::new(clients.sqs.clone(), &q.dlq_url)
+                    .depth()
+                    .await?,
+            )
+        };
+        queues.push(QueueStatus {
+            name: q.name.clone(),
+            visible: d.visible,
+            in_flight: d.in_flight,
+            delayed: d.delayed,
+            dlq,
+        });
+    }
+    let running = SfnExecutions::new(clients.sfn.clone(), &cfg.aws.state_machine_arn)
+        .count_running()
+        .await?;
+    // Reserved concurrency is informative: its absence is not an error.
+    let reserved = if cfg.aws.functions.is_empty() {
+        Vec::new()
+    } else {
+        crate::aws::lambda::reserved_concurrency(&clients.lambda, &cfg.aws.functions)
+            .await
+            .unwrap_or_else(|_| {
+                cfg.aws
+                    .functions
+                    .iter()
+                    .map(|f| (f.clone(), None))
+                    .collect()
+            })
+    };
+    let c = &cfg.controller;
+    Ok(Status {
+        queues,
+        running_executions: running,
+        ceiling: c.ceiling,
+        max_lambdas_per_execution: c.max_lambdas_per_execution,
+        cold_target: (c.ceiling as f64 / c.max_lambdas_per_execution).floor() as u64,
+        reserved_concurrency: reserved,
+        controller: view,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_controller_gauges() {
+        let text = "HTTP/1.1 200 OK\r\n\r\n# HELP x\nfanout_ready 1\nfanout_budget 3\nfanout_lambdas_per_execution 2.5\nfanout_starts_total 40\nfanout_queue_messages{queue=\"a\",state=\"visible\"} 7\n";
+        let v = parse_metrics(text);
+        assert!(v.ready);
+        assert_eq!(v.budget, 3.0);
+        assert_eq!(v.lambdas_per_execution, 2.5);
+        assert_eq!(v.starts, 40.0);
+    }
+}

@@ -1,0 +1,882 @@
+//! End-to-end tests on the moto AWS emulator: the real `fanout` binary and
+//! the real SDK clients, over 127.0.0.1 only. Each test starts its own
+//! `moto_server` on a free port from `<repo>/.venv` (installed by
+//! `scripts/test.sh`) and kills it when done.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_sfn::types::ExecutionStatus;
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fanout");
+const CEILING: usize = 20;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// A plain HTTP/1.1 request on loopback; returns (status, body).
+fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    Ok((status, body.to_string()))
+}
+
+fn child_env(cmd: &mut Command) -> &mut Command {
+    cmd.env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+}
+
+/// A moto server of our own, killed on drop.
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
+        assert!(
+            bin.exists(),
+            "{} is missing: run scripts/test.sh, which installs moto[server]==5.2.5 into .venv",
+            bin.display()
+        );
+        let port = free_port();
+        let child = child_env(&mut Command::new(&bin))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start moto_server");
+        let moto = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not listen in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Without this, moto's Step Functions never run a state (executions
+        // stay RUNNING); with it, Wait states really wait.
+        let (status, body) = http(
+            port,
+            "POST",
+            "/moto-api/config",
+            r#"{"stepfunctions":{"execute_state_machine":true}}"#,
+        )
+        .expect("moto config request");
+        assert!((200..300).contains(&status), "moto config: {status} {body}");
+        moto
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Aws {
+    sqs: aws_sdk_sqs::Client,
+    sfn: aws_sdk_sfn::Client,
+}
+
+async fn clients(endpoint: &str) -> Aws {
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "e2e",
+        ))
+        .load()
+        .await;
+    Aws {
+        sqs: aws_sdk_sqs::Client::new(&conf),
+        sfn: aws_sdk_sfn::Client::new(&conf),
+    }
+}
+
+/// Queues, state machine and config of one test.
+struct Env {
+    _moto: Moto,
+    aws: Aws,
+    dir: tempfile::TempDir,
+    priority: String,
+    priority_dlq: String,
+    bulk: String,
+    bulk_dlq: String,
+    arn: String,
+    config: PathBuf,
+    http_port: u16,
+}
+
+async fn create_queue(aws: &Aws, name: &str, dlq: Option<&str>) -> String {
+    let mut req = aws.sqs.create_queue().queue_name(name);
+    if let Some(dlq) = dlq {
+        let arn = aws
+            .sqs
+            .get_queue_attributes()
+            .queue_url(dlq)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap()
+            .attributes()
+            .unwrap()[&QueueAttributeName::QueueArn]
+            .clone();
+        req = req.attributes(
+            QueueAttributeName::RedrivePolicy,
+            format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":"3"}}"#),
+        );
+    }
+    req.send().await.unwrap().queue_url().unwrap().to_string()
+}
+
+impl Env {
+    async fn new(visibility_secs: u64) -> Env {
+        let moto = Moto::start();
+        let aws = clients(&moto.endpoint).await;
+        let priority_dlq = create_queue(&aws, "priority-dlq", None).await;
+        let bulk_dlq = create_queue(&aws, "bulk-dlq", None).await;
+        let priority = create_queue(&aws, "priority", Some(&priority_dlq)).await;
+        let bulk = create_queue(&aws, "bulk", Some(&bulk_dlq)).await;
+        let definition = r#"{"StartAt":"Work","States":{"Work":{"Type":"Wait","Seconds":2,"Next":"Done"},"Done":{"Type":"Succeed"}}}"#;
+        let arn = aws
+            .sfn
+            .create_state_machine()
+            .name("pipeline")
+            .definition(definition)
+            .role_arn("arn:aws:iam::123456789012:role/pipeline")
+            .send()
+            .await
+            .unwrap()
+            .state_machine_arn()
+            .to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let http_port = free_port();
+        let config = dir.path().join("fanout.toml");
+        let text = format!(
+            r#"
+[controller]
+ceiling = {CEILING}
+max_lambdas_per_execution = 1.0
+ramp_initial = {CEILING}
+tick_ms = 100
+reconcile_interval_secs = 1
+list_pages_per_s = 5
+list_grace_secs = 1
+idle_wait_secs = 1
+visibility_timeout_secs = {visibility_secs}
+shutdown_deadline_secs = 10
+
+[naming]
+template = "co-{{company_id}}-{{hash}}"
+
+[http]
+listen = "127.0.0.1:{http_port}"
+
+[[queues]]
+name = "priority"
+url = "{priority}"
+dlq_url = "{priority_dlq}"
+
+[[queues]]
+name = "bulk"
+url = "{bulk}"
+dlq_url = "{bulk_dlq}"
+
+[aws]
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+state_machine_arn = "{arn}"
+"#,
+            endpoint = moto.endpoint
+        );
+        std::fs::write(&config, text).unwrap();
+        Env {
+            _moto: moto,
+            aws,
+            dir,
+            priority,
+            priority_dlq,
+            bulk,
+            bulk_dlq,
+            arn,
+            config,
+            http_port,
+        }
+    }
+
+    fn fanout(&self, args: &[&str]) -> std::process::Output {
+        child_env(&mut Command::new(BIN))
+            .args(args)
+            .output()
+            .expect("cannot run fanout")
+    }
+
+    /// Enqueue `n` bulk companies `c0001..` through `fanout enqueue --file`.
+    fn enqueue_bulk(&self, n: usize) {
+        let csv = self.dir.path().join("companies.csv");
+        let mut text = String::from("company_id,region\n");
+        for i in 1..=n {
+            text.push_str(&format!("c{i:04},eu\n"));
+        }
+        std::fs::write(&csv, text).unwrap();
+        let out = self.fanout(&[
+            "enqueue",
+            "--config",
+            self.config.to_str().unwrap(),
+            "--file",
+            csv.to_str().unwrap(),
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "enqueue failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains(&format!("sent: {n}")), "{stdout}");
+    }
+
+    /// Start `fanout run`, logs to `run-<tag>.log`.
+    fn start(&self, tag: &str) -> Controller {
+        let log = self.dir.path().join(format!("run-{tag}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let err = file.try_clone().unwrap();
+        let child = child_env(&mut Command::new(BIN))
+            .args(["run", "--config", self.config.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .expect("cannot start fanout run");
+        Controller { child, log }
+    }
+
+    /// Every execution of the state machine: name → (status, start time).
+    async fn executions(&self) -> BTreeMap<String, (ExecutionStatus, f64)> {
+        let mut out = BTreeMap::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .aws
+                .sfn
+                .list_executions()
+                .state_machine_arn(&self.arn)
+                .max_results(1000)
+                .set_next_token(token)
+                .send()
+                .await
+                .unwrap();
+            for e in page.executions() {
+                let start = e.start_date().as_secs_f64();
+                let prev = out.insert(e.name().to_string(), (e.status().clone(), start));
+                assert!(prev.is_none(), "execution {} listed twice", e.name());
+            }
+            match page.next_token() {
+                Some(t) => token = Some(t.to_string()),
+                None => return out,
+            }
+        }
+    }
+
+    async fn running(&self) -> usize {
+        let mut n = 0;
+        let mut token = None;
+        loop {
+            let page = self
+                .aws
+                .sfn
+                .list_executions()
+                .state_machine_arn(&self.arn)
+                .status_filter(ExecutionStatus::Running)
+                .max_results(1000)
+                .set_next_token(token)
+                .send()
+                .await
+                .unwrap();
+            n += page.executions().len();
+            match page.next_token() {
+                Some(t) => token = Some(t.to_string()),
+                None => return n,
+            }
+        }
+    }
+
+    /// (visible, not visible) messages of a queue.
+    async fn depth(&self, url: &str) -> (u64, u64) {
+        let out = self
+            .aws
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .unwrap();
+        let a = out.attributes().unwrap();
+        let get = |k| a.get(&k).and_then(|v| v.parse().ok()).unwrap_or(0);
+        (
+            get(QueueAttributeName::ApproximateNumberOfMessages),
+            get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        )
+    }
+
+    /// Drain a queue: every message's body and attributes.
+    async fn drain(&self, url: &str) -> Vec<(String, BTreeMap<String, String>)> {
+        let mut out = Vec::new();
+        loop {
+            let r = self
+                .aws
+                .sqs
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .visibility_timeout(300)
+                .message_attribute_names("All")
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .send()
+                .await
+                .unwrap();
+            if r.messages().is_empty() {
+                return out;
+            }
+            for m in r.messages() {
+                let attrs = m
+                    .message_attributes()
+                    .map(|a| {
+                        a.iter()
+                            .map(|(k, v)| (k.clone(), v.string_value().unwrap_or("").to_string()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push((m.body().unwrap_or("").to_string(), attrs));
+            }
+        }
+    }
+
+    async fn send_raw(&self, url: &str, body: &str) -> String {
+        self.aws
+            .sqs
+            .send_message()
+            .queue_url(url)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap()
+            .message_id()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Wait until every queue is empty and `n` executions exist, sampling
+    /// the RUNNING count; returns the highest count seen.
+    async fn wait_drained(&self, n: usize, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        let mut peak = 0;
+        loop {
+            peak = peak.max(self.running().await);
+            if self.executions().await.len() >= n {
+                let mut empty = true;
+                for q in [&self.priority, &self.bulk] {
+                    empty &= self.depth(q).await == (0, 0);
+                }
+                if empty {
+                    return peak;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not drained within {limit:?}: {} executions of {n}",
+                self.executions().await.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+struct Controller {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Controller {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    /// Wait for the exit; returns its code and how long it took.
+    async fn wait_exit(&mut self, limit: Duration) -> (Option<i32>, Duration) {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return (st.code(), t0.elapsed());
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "fanout did not exit within {limit:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(st) = self.child.try_wait().unwrap() {
+            panic!("fanout run exited early ({st}):\n{}", self.log());
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The company id of an execution named `co-{company_id}-{hash}`.
+fn company(name: &str) -> String {
+    let rest = name
+        .strip_prefix("co-")
+        .expect("name has the template's prefix");
+    rest.rsplit_once('-')
+        .expect("name ends with the hash")
+        .0
+        .to_string()
+}
+
+/// Each expected company has exactly one execution, and nothing else ran.
+fn assert_one_each(names: &BTreeMap<String, (ExecutionStatus, f64)>, expected: &BTreeSet<String>) {
+    let mut per: BTreeMap<String, usize> = BTreeMap::new();
+    for n in names.keys() {
+        *per.entry(company(n)).or_default() += 1;
+    }
+    let got: BTreeSet<String> = per.keys().cloned().collect();
+    let missing: Vec<_> = expected.difference(&got).collect();
+    let extra: Vec<_> = got.difference(expected).collect();
+    assert!(missing.is_empty(), "companies never started: {missing:?}");
+    assert!(extra.is_empty(), "unexpected executions: {extra:?}");
+    let doubled: Vec<_> = per.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "companies started twice: {doubled:?}");
+}
+
+fn bulk_ids(n: usize) -> BTreeSet<String> {
+    (1..=n).map(|i| format!("c{i:04}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drains_bulk_and_priority_at_the_ceiling() {
+    let env = Env::new(30).await;
+    env.enqueue_bulk(300);
+    for i in 1..=5 {
+        let id = format!("p{i}");
+        let out = env.fanout(&[
+            "enqueue",
+            "--config",
+            env.config.to_str().unwrap(),
+            "--company-id",
+            &id,
+            "--priority",
+            "--data",
+            r#"{"reason":"update"}"#,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(env.depth(&env.priority).await, (5, 0));
+    let t0 = Instant::now();
+    let mut ctl = env.start("a");
+
+    // /healthz turns 200 once the first reconcile is done.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        ctl.assert_running();
+        if let Ok((200, _)) = http(env.http_port, "GET", "/healthz", "") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz never 200:\n{}",
+            ctl.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let peak = env.wait_drained(305, Duration::from_secs(150)).await;
+    let elapsed = t0.elapsed();
+    let (_, metrics) = http(env.http_port, "GET", "/metrics", "").unwrap();
+    assert!(metrics.contains("fanout_ceiling 20"), "{metrics}");
+    assert!(metrics.contains("fanout_starts_total"), "{metrics}");
+
+    let url = format!("http://127.0.0.1:{}", env.http_port);
+    let status = env.fanout(&[
+        "status",
+        "--config",
+        env.config.to_str().unwrap(),
+        "--controller",
+        &url,
+    ]);
+    let table = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(status.status.success(), "{table}");
+    assert!(table.contains("bulk"), "{table}");
+    assert!(table.contains("controller: ready"), "{table}");
+    ctl.signal("-TERM");
+    let (code, _) = ctl.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0), "{}", ctl.log());
+
+    assert!(
+        peak <= CEILING,
+        "{peak} executions ran at once, over {CEILING}"
+    );
+    let execs = env.executions().await;
+    let mut expected = bulk_ids(300);
+    expected.extend((1..=5).map(|i| format!("p{i}")));
+    assert_one_each(&execs, &expected);
+
+    // The priority updates were in the first wave of starts.
+    let mut starts: Vec<(f64, String)> = execs.iter().map(|(n, (_, t))| (*t, company(n))).collect();
+    starts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    for (rank, (_, c)) in starts.iter().enumerate() {
+        if c.starts_with('p') {
+            assert!(rank < CEILING, "priority {c} started {rank}th");
+        }
+    }
+    for q in [&env.priority, &env.bulk, &env.priority_dlq, &env.bulk_dlq] {
+        assert_eq!(env.depth(q).await, (0, 0), "{q} not empty");
+    }
+    eprintln!("305 messages drained in {elapsed:?}, peak RUNNING {peak}\n{table}");
+    let log = ctl.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\""))
+        .collect();
+    eprintln!("{} warning line(s)", warnings.len());
+    for w in warnings.iter().take(10) {
+        eprintln!("{w}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_restart_keeps_one_execution_per_message() {
+    // A short visibility: messages the killed process held come back soon.
+    let env = Env::new(5).await;
+    env.enqueue_bulk(120);
+    let mut first = env.start("first");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.executions().await.len() < 30 {
+        first.assert_running();
+        assert!(Instant::now() < deadline, "no progress:\n{}", first.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.child.kill().unwrap(); // SIGKILL
+    first.child.wait().unwrap();
+    let _second = env.start("second");
+    env.wait_drained(120, Duration::from_secs(120)).await;
+    assert_one_each(&env.executions().await, &bulk_ids(120));
+    assert_eq!(env.depth(&env.bulk_dlq).await, (0, 0), "bulk DLQ not empty");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_goes_to_the_dlq_with_its_reason() {
+    let env = Env::new(30).await;
+    let not_json = env.send_raw(&env.bulk, "this is not json").await;
+    // Over Step Functions' 262,144-byte input limit, under SQS's.
+    let big = format!(r#"{{"company_id":"big","pad":"{}"}}"#, "x".repeat(300_000));
+    let too_large = env.send_raw(&env.bulk, &big).await;
+    let missing = env.send_raw(&env.bulk, r#"{"name":"no id here"}"#).await;
+    for i in 1..=20 {
+        env.send_raw(&env.bulk, &format!(r#"{{"company_id":"g{i}"}}"#))
+            .await;
+    }
+    let ctl = env.start("bad");
+    env.wait_drained(20, Duration::from_secs(90)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while env.depth(&env.bulk_dlq).await.0 < 3 {
+        assert!(Instant::now() < deadline, "DLQ never got 3 messages");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let good: BTreeSet<String> = (1..=20).map(|i| format!("g{i}")).collect();
+    assert_one_each(&env.executions().await, &good);
+
+    let dead = env.drain(&env.bulk_dlq).await;
+    assert_eq!(
+        dead.len(),
+        3,
+        "{:?}",
+        dead.iter().map(|d| &d.1).collect::<Vec<_>>()
+    );
+    let mut codes = BTreeMap::new();
+    for (_, attrs) in &dead {
+        let reason = attrs.get("fanout-reason").expect("fanout-reason attribute");
+        assert!(!reason.is_empty());
+        codes.insert(
+            attrs["fanout-source-message-id"].clone(),
+            attrs["fanout-reason-code"].clone(),
+        );
+    }
+    assert_eq!(codes[&not_json], "not_json");
+    assert_eq!(codes[&too_large], "too_large");
+    assert_eq!(codes[&missing], "missing_field");
+
+    // One clear log line per message: its id and why.
+    let log = ctl.log();
+    for (id, why) in [
+        (&not_json, "not valid JSON"),
+        (&too_large, "262144"),
+        (&missing, "company_id"),
+    ] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(id.as_str()) && l.contains("dead-letter"))
+            .unwrap_or_else(|| panic!("no log line for {id}:\n{log}"));
+        assert!(line.contains(why), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_zero_in_time_and_hands_back_messages() {
+    let env = Env::new(60).await;
+    env.enqueue_bulk(200);
+    let mut ctl = env.start("term");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.executions().await.len() < 25 {
+        ctl.assert_running();
+        assert!(Instant::now() < deadline, "no progress:\n{}", ctl.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ctl.signal("-TERM");
+    // shutdown_deadline_secs = 10, plus process exit.
+    let (code, took) = ctl.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0), "{}", ctl.log());
+    assert!(took < Duration::from_secs(11), "took {took:?}");
+
+    // Nothing stays hidden: what was in hand was handed back (or deleted).
+    let (visible, hidden) = env.depth(&env.bulk).await;
+    assert_eq!(hidden, 0, "messages left in flight after shutdown");
+    let started: BTreeSet<String> = env.executions().await.keys().map(|n| company(n)).collect();
+    let queued: BTreeSet<String> = env
+        .drain(&env.bulk)
+        .await
+        .iter()
+        .map(|(b, _)| {
+            let v: serde_json::Value = serde_json::from_str(b).unwrap();
+            v["company_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(queued.len() as u64, visible);
+    let all: BTreeSet<String> = started.union(&queued).cloned().collect();
+    assert_eq!(all, bulk_ids(200), "messages lost");
+}
+
+#[test]
+fn check_config_lists_every_mistake() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[controller]
+ceiling = 0
+
+[http]
+listen = "nowhere"
+
+[[queues]]
+name = "bulk"
+url = "http://127.0.0.1:5000/123456789012/bulk"
+dlq_url = "http://127.0.0.1:5000/123456789012/bulk-dlq"
+
+[aws]
+region = "us-east-1"
+"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for field in ["controller.ceiling", "http.listen", "aws.state_machine_arn"] {
+        assert!(text.contains(field), "{field} missing from:\n{text}");
+    }
+    assert_eq!(text.lines().count(), 3, "{text}");
+
+    std::fs::write(&path, "[controller]\nceiling = \"many\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text.contains("line 2"), "{text}");
+
+    // `run` refuses the same way, before touching AWS: exit 2.
+    std::fs::write(&path, "[controller]\nceiling = 0\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for field in ["controller.ceiling", "queues", "aws.state_machine_arn"] {
+        assert!(err.contains(field), "{field} missing from:\n{err}");
+    }
+}
+
+/// The adapters themselves: receive counts, per-entry batch failures,
+/// ExecutionAlreadyExists, and the error kinds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapters_map_counts_entries_and_errors() {
+    use fanout::aws::sfn::SfnExecutions;
+    use fanout::aws::sqs::SqsQueue;
+    use fanout::ports::{Executions, OutgoingMessage, PortError, StartOutcome, WorkQueue};
+
+    let env = Env::new(30).await;
+    // Clients with static test credentials (the binary uses the default
+    // chain with the environment child_env sets).
+    let c = &env.aws;
+    let q = SqsQueue::new(c.sqs.clone(), &env.bulk);
+    let sent = q
+        .send_batch(&[OutgoingMessage {
+            body: r#"{"company_id":"x"}"#.into(),
+            attributes: vec![("origin".into(), "e2e".into())],
+            ..OutgoingMessage::default()
+        }])
+        .await
+        .unwrap();
+    assert!(sent.is_empty(), "{sent:?}");
+    let first = q
+        .receive(10, Duration::ZERO, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].receive_count, 1);
+    let second = q
+        .receive(10, Duration::from_secs(30), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        second[0].receive_count, 2,
+        "ApproximateReceiveCount not read"
+    );
+    let failed = q
+        .delete_batch(&[second[0].receipt.clone(), "not-a-receipt".into()])
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].index, 1);
+    assert!(!failed[0].error.is_retryable(), "{:?}", failed[0].error);
+
+    let sfn = SfnExecutions::new(c.sfn.clone(), &env.arn);
+    assert_eq!(
+        sfn.start("once", "{}").await.unwrap(),
+        StartOutcome::Started
+    );
+    let again = sfn.start("once", r#"{"other":1}"#).await.unwrap();
+    assert_eq!(again, StartOutcome::AlreadyExists);
+    let page = sfn.list_running(None).await.unwrap();
+    assert_eq!(page.names, ["once"]);
+    let missing = SfnExecutions::new(
+        c.sfn.clone(),
+        "arn:aws:states:us-east-1:123456789012:stateMachine:nope",
+    );
+    match missing.start("x", "{}").await {
+        Err(PortError::Permanent { code, .. }) => assert_eq!(code, "StateMachineDoesNotExist"),
+        other => panic!("{other:?}"),
+    }
+
+    // CloudWatch is not exercised here: aws-sdk-cloudwatch speaks the
+    // RPCv2-CBOR protocol, which moto 5.2.5 does not serve (404).
+
+    // Nothing listens on a port we just released: a transient failure.
+    let closed = clients(&format!("http://127.0.0.1:{}", free_port())).await;
+    let dead = SqsQueue::new(closed.sqs, &env.bulk);
+    match dead.receive(1, Duration::ZERO, Duration::ZERO).await {
+        Err(e @ PortError::Transient { .. }) => assert!(e.is_retryable()),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `enqueue --dry-run` needs no AWS: it validates and names bad lines.
+#[test]
+fn enqueue_dry_run_names_bad_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[naming]\ntemplate = \"co-{company_id}-{region}\"\n[[queues]]\nname = \"bulk\"\n",
+    )
+    .unwrap();
+    let file = dir.path().join("c.jsonl");
+    std::fs::write(
+        &file,
+        "{\"company_id\":\"a\",\"region\":\"eu\"}\nnot json\n{\"company_id\":\"b\"}\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["enqueue", "--config", cfg.to_str().unwrap()])
+        .args(["--file", file.to_str().unwrap(), "--dry-run", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], 1);
+    assert_eq!(v["sent"], 0);
+    let lines: Vec<u64> = v["invalid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [2, 3]);
+    assert!(
+        v["invalid"][1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("region")
+    );
+}
