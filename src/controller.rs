@@ -272,6 +272,9 @@ where
             lifetime: (st.ledger.completions() >= self.cfg.estimator.min_completions)
                 .then(|| st.ledger.mean_lifetime())
                 .flatten(),
+            ours: running.saturating_sub(st.ledger.foreign()),
+            foreign: st.ledger.foreign(),
+            shared: st.ledger.other_starter_active(),
         };
         let d = st.admission.decide(inputs);
         self.publish(&st, d.budget, d.target);

@@ -18,6 +18,13 @@ pub struct Inputs {
     pub other_load: Option<f64>,
     /// Mean execution lifetime, once known.
     pub lifetime: Option<Secs>,
+    /// Executions of ours and of others among `running`, and whether
+    /// another controller is starting executions now: if so, the free
+    /// room is shared in proportion, so two controllers during a deploy
+    /// do not both fill the same gap.
+    pub ours: usize,
+    pub foreign: usize,
+    pub shared: bool,
 }
 
 /// Why the budget is what it is (exported as a metric and in logs).
@@ -36,6 +43,10 @@ pub struct Decision {
     pub target: usize,
     pub limit: Limit,
 }
+
+/// The smallest share of the free room a controller takes while another
+/// one starts executions too: enough for a new replica to get going.
+const MIN_SHARE: f64 = 0.1;
 
 /// Admission state that carries across decisions: the ramp and the
 /// growth pacing.
@@ -116,6 +127,19 @@ impl Admission {
         let dt = self.last.map_or(0.0, |t| (i.now - t).max(0.0));
         self.last = Some(i.now);
         let committed = i.running + i.in_hand;
+        let d = self.decide_alone(i, dt, committed);
+        if !i.shared || d.budget == 0 {
+            return d;
+        }
+        let total = (i.ours + i.foreign).max(1) as f64;
+        let share = (i.ours as f64 / total).max(MIN_SHARE);
+        Decision {
+            budget: (d.budget as f64 * share).floor() as usize,
+            ..d
+        }
+    }
+
+    fn decide_alone(&mut self, i: Inputs, dt: f64, committed: usize) -> Decision {
         match self.policy {
             Policy::Fixed => Decision {
                 budget: self.fixed_cap.saturating_sub(committed),
@@ -206,6 +230,9 @@ mod tests {
             k,
             other_load: None,
             lifetime: None,
+            ours: running,
+            foreign: 0,
+            shared: false,
         }
     }
 
@@ -272,6 +299,30 @@ mod tests {
         let most = 10.0 * (gap / 80.0f64).max(100.0 / 3.0);
         assert!((d.budget as f64) <= most + 1.0, "{d:?}");
         assert_eq!(d.limit, Limit::Growth);
+    }
+
+    #[test]
+    fn two_controllers_share_the_free_room() {
+        let mut a = Admission::new(&cfg(1_000), Policy::Fixed);
+        let alone = a.decide(inputs(0.0, 200, 3.0)).budget;
+        let shared = a
+            .decide(Inputs {
+                ours: 150,
+                foreign: 50,
+                shared: true,
+                ..inputs(0.0, 200, 3.0)
+            })
+            .budget;
+        assert_eq!(shared, (alone as f64 * 0.75).floor() as usize);
+        let newcomer = a
+            .decide(Inputs {
+                ours: 0,
+                foreign: 200,
+                shared: true,
+                ..inputs(0.0, 200, 3.0)
+            })
+            .budget;
+        assert_eq!(newcomer, (alone as f64 * MIN_SHARE).floor() as usize);
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub struct Ledger {
     listed_at: Option<Secs>,
     /// Completions found per second by reconciles (smoothed).
     completion_rate: f64,
+    /// Others' running executions at the last reconcile.
+    foreign_names: HashSet<String>,
+    /// Reconciles since one found a new execution that is not ours.
+    since_foreign_start: Option<u32>,
 }
 
 const DURATIONS_KEPT: usize = 1024;
@@ -94,15 +98,34 @@ impl Ledger {
             let sample = done.len() as f64 / (listed_at - prev);
             self.completion_rate = 0.7 * self.completion_rate + 0.3 * sample;
         }
+        let first = self.listed_at.is_none();
         self.listed_at = Some(listed_at);
-        self.foreign = running
+        let foreign: HashSet<String> = running
             .iter()
             .filter(|n| !self.entries.contains_key(*n))
-            .count();
+            .cloned()
+            .collect();
+        // Executions that are not ours and were not running at the last
+        // pass: someone else is starting them (a second controller during
+        // a deploy). Leftovers of a previous life only ever finish.
+        let arrivals = foreign.difference(&self.foreign_names).count();
+        self.since_foreign_start = if !first && arrivals > 0 {
+            Some(0)
+        } else {
+            self.since_foreign_start.map(|n| n + 1)
+        };
+        self.foreign = foreign.len();
+        self.foreign_names = foreign;
         ReconcileOutcome {
             completed: done.len(),
             foreign: self.foreign,
         }
+    }
+
+    /// Is something else starting executions on this state machine? True
+    /// for three reconciles after one found a new execution not ours.
+    pub fn other_starter_active(&self) -> bool {
+        self.since_foreign_start.is_some_and(|n| n < 3)
     }
 
     /// Executions believed running: ours plus others'.
@@ -241,6 +264,23 @@ mod tests {
         assert_eq!(l.in_flight_at(107.0, 0), 951 - (2.0 * rate) as usize);
         // Never below what the ledger can account for.
         assert!(l.in_flight_at(10_000.0, 0) <= 951);
+    }
+
+    #[test]
+    fn another_starter_is_recognised_by_new_foreign_executions() {
+        let mut l = Ledger::new();
+        // Leftovers of a previous life: present at the first pass, then finishing.
+        l.reconcile(&set(&["old-1", "old-2"]), 10.0, 30.0);
+        assert!(!l.other_starter_active());
+        l.reconcile(&set(&["old-1"]), 15.0, 30.0);
+        assert!(!l.other_starter_active());
+        // A new one appears that we did not start.
+        l.reconcile(&set(&["old-1", "theirs-1"]), 20.0, 30.0);
+        assert!(l.other_starter_active());
+        for t in [25.0, 30.0, 35.0] {
+            l.reconcile(&set(&["theirs-1"]), t, 30.0);
+        }
+        assert!(!l.other_starter_active(), "quiet for three passes");
     }
 
     #[test]

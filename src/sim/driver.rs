@@ -101,45 +101,76 @@ pub async fn simulate(opts: SimOptions) -> Result<(Report, Timeline), Controller
     let mut crashes = sc.crash_faults().into_iter();
     let mut next_crash = crashes.next();
     let limit = sc.max_virtual_secs as f64;
-    let mut lives = 0u32;
-    let end;
-    loop {
-        lives += 1;
-        let (tx, rx) = watch::channel(false);
-        let ctl = Controller::new(
-            opts.config.clone(),
-            opts.policy,
-            backends(&shared, sc),
-            opts.seed.wrapping_add(u64::from(lives)),
-        )?;
-        let mut run = Box::pin(ctl.run(rx));
-        let crash_at = next_crash.map(|c| c.0);
-        let outcome = tokio::select! {
-            _ = &mut run => Until::Finished,
-            u = watch_world(&shared, &bar, crash_at, limit) => u,
-        };
-        match outcome {
-            Until::Crash => {
-                // Memory lost, AWS state kept: drop the controller as is.
-                drop(run);
-                let (_, restart_after) = next_crash.expect("crash scheduled");
-                next_crash = crashes.next();
-                let resume = shared.now_s() + restart_after;
-                if let Until::Finished | Until::TimeLimit =
-                    watch_world(&shared, &bar, Some(resume), limit).await
-                {
+    let (replica_tx, replica_rx) = watch::channel(false);
+    let main = async {
+        let mut lives = 0u32;
+        let end;
+        loop {
+            lives += 1;
+            let (tx, rx) = watch::channel(false);
+            let ctl = Controller::new(
+                opts.config.clone(),
+                opts.policy,
+                backends(&shared, sc),
+                opts.seed.wrapping_add(u64::from(lives)),
+            )?;
+            let mut run = Box::pin(ctl.run(rx));
+            let crash_at = next_crash.map(|c| c.0);
+            let outcome = tokio::select! {
+                _ = &mut run => Until::Finished,
+                u = watch_world(&shared, &bar, crash_at, limit) => u,
+            };
+            match outcome {
+                Until::Crash => {
+                    // Memory lost, AWS state kept: drop the controller as is.
+                    drop(run);
+                    let (_, restart_after) = next_crash.expect("crash scheduled");
+                    next_crash = crashes.next();
+                    let resume = shared.now_s() + restart_after;
+                    if let Until::Finished | Until::TimeLimit =
+                        watch_world(&shared, &bar, Some(resume), limit).await
+                    {
+                        end = shared.now_s();
+                        break;
+                    }
+                }
+                Until::Finished | Until::TimeLimit => {
                     end = shared.now_s();
+                    tx.send_replace(true);
+                    let _ = tokio::time::timeout(Duration::from_secs(60), run).await;
                     break;
                 }
             }
-            Until::Finished | Until::TimeLimit => {
-                end = shared.now_s();
-                tx.send_replace(true);
-                let _ = tokio::time::timeout(Duration::from_secs(60), run).await;
-                break;
-            }
         }
-    }
+        replica_tx.send_replace(true);
+        Ok::<_, ControllerError>((end, lives))
+    };
+    // A second controller beside the first, as during a rolling deploy.
+    let replica = async {
+        let Some(at) = sc.replica_at() else {
+            return 0;
+        };
+        let mut rx = replica_rx.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs_f64(at)) => {}
+            _ = rx.wait_for(|v| *v) => return 0,
+        }
+        match Controller::new(
+            opts.config.clone(),
+            opts.policy,
+            backends(&shared, sc),
+            opts.seed ^ 0x5eed_2e91_1ca0,
+        ) {
+            Ok(c) => {
+                c.run(replica_rx.clone()).await;
+                1
+            }
+            Err(_) => 0,
+        }
+    };
+    let (main, replicas) = tokio::join!(main, replica);
+    let (end, lives) = main?;
+    let lives = lives + replicas;
     bar.finish_and_clear();
     let w = shared.at_now();
     let report = Report::build(

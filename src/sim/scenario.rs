@@ -424,6 +424,9 @@ pub enum Fault {
         at_secs: f64,
         restart_after_secs: f64,
     },
+    /// A second controller (a new replica during a rolling deploy) starts
+    /// at `at_secs` and runs beside the first until the end.
+    Replica { at_secs: f64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -549,6 +552,14 @@ impl Scenario {
             }
         }
         out
+    }
+
+    /// When a second controller starts, if ever.
+    pub fn replica_at(&self) -> Option<f64> {
+        self.faults.iter().find_map(|f| match f {
+            Fault::Replica { at_secs } => Some(*at_secs),
+            _ => None,
+        })
     }
 
     pub fn crash_faults(&self) -> Vec<(f64, f64)> {
