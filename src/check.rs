@@ -14,14 +14,31 @@ pub enum CheckError {
     },
 }
 
-/// Every problem of the file, as printable lines (`FILE: field: message`);
-/// empty when the file is usable with `fanout run`.
-pub fn check_config(path: &Path) -> Result<Vec<String>, CheckError> {
+/// The environment variable that, when set and not empty, holds the whole
+/// config in place of the file (an ECS task definition sets it; the
+/// distroless image has no shell to write a file).
+pub const CONFIG_ENV: &str = "FANOUT_CONFIG_TOML";
+
+/// The config's text and the name to show in errors: `$FANOUT_CONFIG_TOML`
+/// when that is set and not empty, else the file.
+pub fn config_source(path: &Path) -> Result<(String, String), CheckError> {
+    if let Ok(text) = std::env::var(CONFIG_ENV)
+        && !text.trim().is_empty()
+    {
+        return Ok((text, format!("${CONFIG_ENV}")));
+    }
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| CheckError::Read {
         path: shown.clone(),
         source,
     })?;
+    Ok((text, shown))
+}
+
+/// Every problem of the config, as printable lines (`FILE: field:
+/// message`); empty when it is usable with `fanout run`.
+pub fn check_config(path: &Path) -> Result<Vec<String>, CheckError> {
+    let (text, shown) = config_source(path)?;
     Ok(check_text(&text, &shown))
 }
 

@@ -13,7 +13,8 @@
 //! - [`aws`]: the ports over the AWS SDK (SQS, Step Functions, CloudWatch,
 //!   Lambda) and the mapping of SDK errors.
 //! - [`run`], [`enqueue`], [`status`], [`check`]: the commands of the same
-//!   names; [`telemetry`]: JSON logs, /healthz and /metrics.
+//!   names; [`telemetry`]: JSON logs, /healthz and /metrics;
+//!   [`healthcheck`]: the container health check's probe of /healthz.
 
 pub mod aws;
 pub mod check;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod control;
 pub mod controller;
 pub mod enqueue;
+pub mod healthcheck;
 pub mod ports;
 pub mod run;
 pub mod sim;

@@ -35,6 +35,18 @@ enum Command {
     CheckConfig(CheckConfigArgs),
     /// Run the controller against the built-in simulated AWS in virtual time.
     Simulate(SimulateArgs),
+    /// Exit 0 if a running controller's /healthz answers 200 (the container
+    /// health check: the image has no curl).
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(clap::Args)]
+struct HealthcheckArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+    url: String,
+    /// Give up after this many seconds (ECS allows 5).
+    #[arg(long, default_value_t = 3)]
+    timeout_secs: u64,
 }
 
 #[derive(clap::Args)]
@@ -128,6 +140,20 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(a) => return run(a),
         Command::CheckConfig(a) => return check_config(a),
+        Command::Healthcheck(a) => {
+            let timeout = std::time::Duration::from_secs(a.timeout_secs.max(1));
+            return match fanout::healthcheck::probe(&a.url, timeout) {
+                Ok(200) => ExitCode::SUCCESS,
+                Ok(code) => {
+                    eprintln!("unhealthy: {} answered {code}", a.url);
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("unhealthy: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         _ => {}
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -144,7 +170,9 @@ fn main() -> ExitCode {
             other => other.map(|_| ()),
         },
         Command::Status(a) => status(a),
-        Command::Run(_) | Command::CheckConfig(_) => unreachable!("handled above"),
+        Command::Run(_) | Command::CheckConfig(_) | Command::Healthcheck(_) => {
+            unreachable!("handled above")
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -180,7 +208,10 @@ fn run(a: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let cfg = match Config::load(&a.config) {
+    let cfg = match fanout::check::config_source(&a.config)
+        .map_err(anyhow::Error::from)
+        .and_then(|(text, origin)| Config::parse(&text, &origin).map_err(anyhow::Error::from))
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

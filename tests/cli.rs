@@ -178,3 +178,34 @@ fn a_bad_config_lists_every_problem() {
         assert!(err.contains(field), "{field} missing from:\n{err}");
     }
 }
+
+#[test]
+fn check_config_reads_the_environment_variable_first() {
+    let out = fanout()
+        .args(["check-config", "/nonexistent/fanout.toml"])
+        .env("FANOUT_CONFIG_TOML", "[controller]\nceiling = 0\n")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("$FANOUT_CONFIG_TOML: controller.ceiling"),
+        "{text}"
+    );
+}
+
+#[test]
+fn healthcheck_fails_when_nothing_answers() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/healthz",
+        l.local_addr().unwrap().port()
+    );
+    drop(l);
+    let out = fanout()
+        .args(["healthcheck", "--url", &url, "--timeout-secs", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unhealthy"));
+}
