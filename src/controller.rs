@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, Policy};
-use crate::control::budget::{Admission, Inputs};
+use crate::control::budget::{Admission, Decision, Inputs, Limit};
 use crate::control::estimator::{Estimator, SampleUse};
 use crate::control::ledger::{Ledger, Secs};
 use crate::control::naming::{Namer, TemplateError, Unstartable};
@@ -249,10 +249,10 @@ where
 
     /// One admission decision; also feeds the estimator's history.
     fn decide(&self) -> usize {
-        self.decide_with_target().0
+        self.decide_with_target().budget
     }
 
-    fn decide_with_target(&self) -> (usize, usize) {
+    fn decide_with_target(&self) -> Decision {
         let now = self.now();
         let backend_now = self.b.metrics.now_s();
         let mut st = self.state();
@@ -278,7 +278,7 @@ where
         };
         let d = st.admission.decide(inputs);
         self.publish(&st, d.budget, d.target);
-        (d.budget, d.target)
+        d
     }
 
     async fn admission_loop(&self, shutdown: watch::Receiver<bool>) {
@@ -296,10 +296,13 @@ where
                 sleep_unless(tick, &shutdown).await;
                 continue;
             }
-            let (full, target) = self.decide_with_target();
+            let d = self.decide_with_target();
+            let (full, target) = (d.budget, d.target);
             // Lower-priority queues leave a few slots free, so a priority
-            // message finds room within a tick even at the ceiling.
-            let reserve = if self.b.sources.len() > 1 {
+            // message finds room within a tick even at the ceiling. Only
+            // at the ceiling: under the ramp the budget can be smaller
+            // than the reserve, and bulk work would never start.
+            let reserve = if self.b.sources.len() > 1 && d.limit == Limit::Ceiling {
                 (target as f64 * c.priority_reserve_fraction).ceil() as usize
             } else {
                 0

@@ -136,3 +136,23 @@ fn a_crash_mid_run_loses_nothing_and_starts_nothing_twice() {
     assert_eq!((r.lost, r.duplicates, r.dlq), (0, 0, 0), "{r:?}");
     assert!(r.peak_concurrency <= 300, "{r:?}");
 }
+
+#[test]
+fn bulk_work_starts_while_the_ramp_is_below_the_priority_reserve() {
+    // The reserve kept for priority messages (30 executions here) is
+    // larger than what a slow ramp admits at first (10): bulk work must
+    // still start, since the reserve only matters at the ceiling.
+    let sc = scenario("[workload]\nbulk = 500\n");
+    let mut cfg = config(300);
+    cfg.controller.priority_reserve_fraction = 0.3;
+    cfg.controller.ramp_initial = 30.0;
+    let r = fanout::sim::run(SimOptions {
+        scenario: sc,
+        config: cfg,
+        policy: Policy::Adaptive,
+        seed: 3,
+        progress: false,
+    })
+    .unwrap();
+    assert_eq!((r.started, r.lost, r.duplicates), (500, 0, 0), "{r:?}");
+}
