@@ -265,6 +265,17 @@ pub struct EstimatorConfig {
     /// Lower bound of the estimate (the widest workflow step is 1 Lambda).
     #[serde(default = "d_min_lambdas")]
     pub min_lambdas_per_execution: f64,
+    /// Where k̂ starts, instead of `controller.max_lambdas_per_execution`:
+    /// the value a previous run learned. `None` (default): the maximum.
+    #[serde(default)]
+    pub initial_lambdas_per_execution: Option<f64>,
+    /// Keep k̂ with the state machine (a tag) and start from it next time.
+    #[serde(default = "d_remember")]
+    pub remember: bool,
+}
+
+const fn d_remember() -> bool {
+    true
 }
 
 const fn d_margin() -> f64 {
@@ -291,6 +302,8 @@ impl Default for EstimatorConfig {
             stability_fraction: d_stability(),
             min_completions: d_min_completions(),
             min_lambdas_per_execution: d_min_lambdas(),
+            initial_lambdas_per_execution: None,
+            remember: d_remember(),
         }
     }
 }
@@ -663,6 +676,16 @@ impl Config {
                 ),
             );
         }
+        if let Some(k0) = e.initial_lambdas_per_execution
+            && !(k0 >= e.min_lambdas_per_execution && k0 <= c.max_lambdas_per_execution)
+        {
+            bad(
+                "estimator.initial_lambdas_per_execution",
+                format!(
+                    "{k0} must be between estimator.min_lambdas_per_execution and controller.max_lambdas_per_execution"
+                ),
+            );
+        }
         let r = &self.retry;
         if r.initial_ms == 0 || r.max_ms < r.initial_ms {
             bad(
@@ -800,6 +823,18 @@ mod tests {
             }
             other => panic!("expected Invalid, got {other}"),
         }
+    }
+
+    #[test]
+    fn a_starting_width_above_the_maximum_is_refused() {
+        let text = "[estimator]\ninitial_lambdas_per_execution = 4.0\n";
+        let err = Config::parse(text, "bad.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("estimator.initial_lambdas_per_execution"),
+            "{err}"
+        );
+        let ok = "[estimator]\ninitial_lambdas_per_execution = 1.9\n";
+        assert!(Config::parse(ok, "ok.toml").is_ok());
     }
 
     #[test]

@@ -834,6 +834,10 @@ where
         let every = Duration::from_secs(self.cfg.controller.metrics_poll_secs);
         let first_minute = (self.b.metrics.now_s().max(0.0) as u64) / 60 * 60;
         let min_completions = self.cfg.estimator.min_completions;
+        let remember = self.cfg.estimator.remember;
+        if remember {
+            self.recall_k().await;
+        }
         while !*shutdown.borrow() {
             sleep_unless(every, &shutdown).await;
             let since = self
@@ -877,6 +881,38 @@ where
                     debug!(error = %e, "concurrency metric unavailable; holding the estimate");
                     self.b.sink.count("metric_errors", 1);
                 }
+            }
+            let worth = remember.then(|| self.state().estimator.to_remember());
+            if let Some(Some(k)) = worth {
+                match self.b.executions.remember_k(k).await {
+                    Ok(()) => debug!(k, "lambdas per execution remembered with the state machine"),
+                    Err(e) => {
+                        warn!(error = %e, k, "cannot remember lambdas per execution with the state machine (states:TagResource); the next start begins at the maximum");
+                        self.b.sink.count("remember_errors", 1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Start from the estimate a previous run left with the state machine.
+    async fn recall_k(&self) {
+        match self.b.executions.remembered_k().await {
+            Ok(Some(k)) => {
+                if self.state().estimator.start_from(k) {
+                    info!(
+                        k,
+                        "starting from the lambdas per execution remembered with the state machine"
+                    );
+                }
+            }
+            Ok(None) => info!(
+                k = self.state().estimator.k(),
+                "nothing remembered for this state machine definition"
+            ),
+            Err(e) => {
+                warn!(error = %e, "cannot read the remembered lambdas per execution (states:ListTagsForResource); starting at the maximum");
+                self.b.sink.count("remember_errors", 1);
             }
         }
     }

@@ -123,6 +123,19 @@ pub trait Executions: Send + Sync {
         &self,
         next_token: Option<String>,
     ) -> impl Future<Output = Result<ExecutionPage, PortError>> + Send;
+
+    /// The Lambdas-per-execution estimate last remembered for this state
+    /// machine's current definition, if any: a restart, a new replica or
+    /// the next refresh starts from it instead of the maximum.
+    fn remembered_k(&self) -> impl Future<Output = Result<Option<f64>, PortError>> + Send {
+        async { Ok(None) }
+    }
+
+    /// Remember `k` with the state machine (for its current definition).
+    fn remember_k(&self, k: f64) -> impl Future<Output = Result<(), PortError>> + Send {
+        let _ = k;
+        async { Ok(()) }
+    }
 }
 
 /// One published minute of Lambda concurrency.

@@ -156,3 +156,28 @@ fn bulk_work_starts_while_the_ramp_is_below_the_priority_reserve() {
     .unwrap();
     assert_eq!((r.started, r.lost, r.duplicates), (500, 0, 0), "{r:?}");
 }
+
+#[test]
+fn the_learned_width_is_kept_with_the_state_machine_for_the_next_start() {
+    let sc = scenario(
+        "[workload]\nbulk = 6000\n[[faults]]\nkind = \"crash\"\nat_secs = 1200.0\nrestart_after_secs = 30.0\n",
+    );
+    let r = fanout::sim::run(SimOptions {
+        scenario: sc,
+        config: config(300),
+        policy: Policy::Adaptive,
+        seed: 4,
+        progress: false,
+    })
+    .unwrap();
+    assert_eq!((r.lost, r.duplicates), (0, 0), "{r:?}");
+    assert_eq!(
+        r.api_calls_by_operation.get("sfn.ListTagsForResource"),
+        Some(&2),
+        "each life reads what the last one learned: {r:?}"
+    );
+    let k = r
+        .remembered_lambdas_per_execution
+        .expect("a stable minute was learned and kept");
+    assert!((1.0..3.0).contains(&k), "{k}");
+}

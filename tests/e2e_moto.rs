@@ -829,6 +829,23 @@ async fn adapters_map_counts_entries_and_errors() {
         other => panic!("{other:?}"),
     }
 
+    // The learned width is kept as a tag, for the current definition only.
+    assert_eq!(sfn.remembered_k().await.unwrap(), None);
+    sfn.remember_k(1.9381).await.unwrap();
+    assert_eq!(sfn.remembered_k().await.unwrap(), Some(1.9381));
+    c.sfn
+        .update_state_machine()
+        .state_machine_arn(&env.arn)
+        .definition(r#"{"StartAt":"Done","States":{"Done":{"Type":"Succeed"}}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        sfn.remembered_k().await.unwrap(),
+        None,
+        "a changed workflow starts from the maximum again"
+    );
+
     // CloudWatch is not exercised here: aws-sdk-cloudwatch speaks the
     // RPCv2-CBOR protocol, which moto 5.2.5 does not serve (404).
 

@@ -1,12 +1,31 @@
 //! `Executions` over Step Functions, for one state machine.
 
 use aws_sdk_sfn::Client;
-use aws_sdk_sfn::types::ExecutionStatus;
+use aws_sdk_sfn::types::{ExecutionStatus, Tag};
 
 use super::classify;
+use crate::control::naming::short_hash;
 use crate::ports::{ExecutionPage, Executions, PortError, StartOutcome};
 
 const SERVICE: &str = "states";
+/// The state machine tag that keeps the learned Lambdas per execution:
+/// `"<k> def=<hash of the definition>"`, so a changed workflow starts
+/// from the maximum again.
+pub const REMEMBER_TAG: &str = "fanout:lambdas-per-execution";
+
+/// The tag value for `k` learned on the definition hashed `def`.
+fn tag_value(k: f64, def: &str) -> String {
+    format!("{k:.4} def={def}")
+}
+
+/// `k` from a tag value, if it was written for the definition `def`.
+fn parse_tag_value(value: &str, def: &str) -> Option<f64> {
+    let (k, rest) = value.split_once(' ')?;
+    if rest.strip_prefix("def=")? != def {
+        return None;
+    }
+    k.parse::<f64>().ok().filter(|k| k.is_finite() && *k > 0.0)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SfnError {
@@ -49,6 +68,18 @@ impl SfnExecutions {
                 None => return Ok(n),
             }
         }
+    }
+
+    /// Hash of the state machine's current definition.
+    async fn definition_hash(&self) -> Result<String, PortError> {
+        let out = self
+            .client
+            .describe_state_machine()
+            .state_machine_arn(&self.arn)
+            .send()
+            .await
+            .map_err(|e| classify(SERVICE, &e))?;
+        Ok(short_hash(out.definition()))
     }
 }
 
@@ -93,5 +124,54 @@ impl Executions for SfnExecutions {
                 .collect(),
             next_token: out.next_token().map(str::to_string),
         })
+    }
+
+    async fn remembered_k(&self) -> Result<Option<f64>, PortError> {
+        let def = self.definition_hash().await?;
+        let out = self
+            .client
+            .list_tags_for_resource()
+            .resource_arn(&self.arn)
+            .send()
+            .await
+            .map_err(|e| classify(SERVICE, &e))?;
+        Ok(out
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some(REMEMBER_TAG))
+            .and_then(|t| parse_tag_value(t.value()?, &def)))
+    }
+
+    async fn remember_k(&self, k: f64) -> Result<(), PortError> {
+        let def = self.definition_hash().await?;
+        self.client
+            .tag_resource()
+            .resource_arn(&self.arn)
+            .tags(
+                Tag::builder()
+                    .key(REMEMBER_TAG)
+                    .value(tag_value(k, &def))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| classify(SERVICE, &e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tag_is_read_back_only_for_the_definition_it_was_written_for() {
+        let v = tag_value(1.93812, "abc123");
+        assert_eq!(v, "1.9381 def=abc123");
+        assert_eq!(parse_tag_value(&v, "abc123"), Some(1.9381));
+        assert_eq!(parse_tag_value(&v, "ffff00"), None);
+        assert_eq!(parse_tag_value("garbage", "abc123"), None);
+        assert_eq!(parse_tag_value("-1 def=abc123", "abc123"), None);
+        assert_eq!(parse_tag_value("NaN def=abc123", "abc123"), None);
     }
 }

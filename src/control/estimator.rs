@@ -55,6 +55,14 @@ pub struct Estimator {
     last_sample_minute: Option<u64>,
     /// Latest other-load reading (account minus pipeline).
     other_load: Option<f64>,
+    /// Where k̂ goes at the first usable minute (config or remembered):
+    /// not before, so the first ramp is as careful as ever and a stale
+    /// value shows itself before it is used.
+    prior: Option<f64>,
+    /// The value last remembered with the state machine, and the latest
+    /// value set by a stable minute since.
+    remembered: Option<f64>,
+    learned_since: Option<f64>,
 }
 
 const MINUTES_KEPT: u64 = 60;
@@ -64,15 +72,47 @@ const MIN_RUNNING: f64 = 20.0;
 
 impl Estimator {
     pub fn new(cfg: EstimatorConfig, k_max: f64) -> Estimator {
+        let prior = cfg.initial_lambdas_per_execution;
         Estimator {
             cfg,
             k_max,
             k: k_max,
+            prior,
             minutes: BTreeMap::new(),
             stable: Vec::new(),
             last_sample_minute: None,
             other_load: None,
+            remembered: None,
+            learned_since: None,
         }
+    }
+
+    /// Start from what a previous run remembered, unless the config sets
+    /// a starting value or a sample has already moved the estimate.
+    pub fn start_from(&mut self, remembered: f64) -> bool {
+        self.remembered = Some(remembered);
+        if self.cfg.initial_lambdas_per_execution.is_some()
+            || self.last_sample_minute.is_some()
+            || !remembered.is_finite()
+        {
+            return false;
+        }
+        self.prior = Some(remembered);
+        true
+    }
+
+    /// The estimate to remember now, if it is worth a write: set by a
+    /// stable minute since the last write, and moved by more than 0.5 %.
+    /// The maximum a run starts at, and raises seen while the pipeline
+    /// ramps up or drains, are never written.
+    pub fn to_remember(&mut self) -> Option<f64> {
+        let k = self.learned_since.take()?;
+        let moved = self.remembered.is_none_or(|r| (k - r).abs() > 0.005 * r);
+        if moved {
+            self.remembered = Some(k);
+            return Some(k);
+        }
+        None
     }
 
     /// Current Lambdas-per-execution estimate used for admission.
@@ -164,12 +204,22 @@ impl Estimator {
         // minute to minute: a small pipeline needs a wider margin.
         let margin = self.cfg.margin_fraction + self.cfg.noise_z / running.sqrt();
         let ratio = (s.pipeline_max / running * (1.0 + margin)).min(self.k_max);
+        if let Some(p) = self.prior.take() {
+            self.k = self
+                .k
+                .min(p.clamp(self.cfg.min_lambdas_per_execution, self.k_max));
+        }
+        let stable = lifetime_s.is_some_and(|w| self.stable_through(s.minute_start_s, w));
         if ratio > self.k {
             self.k = ratio;
             self.stable.clear();
+            // Only a stable minute's width is worth remembering: a ramp
+            // or a drain mixes ages unlike a steady pipeline.
+            if stable {
+                self.learned_since = Some(ratio);
+            }
             return SampleUse::Raised(ratio);
         }
-        let stable = lifetime_s.is_some_and(|w| self.stable_through(s.minute_start_s, w));
         if !stable {
             return SampleUse::Held(ratio);
         }
@@ -179,6 +229,7 @@ impl Estimator {
         }
         let learned = self.stable.iter().copied().fold(0.0, f64::max);
         self.k = learned.clamp(self.cfg.min_lambdas_per_execution, self.k_max);
+        self.learned_since = Some(self.k);
         SampleUse::Learned(self.k)
     }
 }
@@ -279,5 +330,54 @@ mod tests {
             e.on_sample(&sample(2, 500.0), Some(60.0)),
             SampleUse::Ignored
         );
+    }
+
+    #[test]
+    fn a_remembered_width_applies_at_the_first_usable_minute_not_before() {
+        let mut e = est();
+        assert!(e.start_from(2.0));
+        assert_eq!(e.k(), 3.0, "the first ramp is as careful as a cold start");
+        run(&mut e, 0, 120, |t| (t * 10) as usize);
+        // A ramp minute narrower than remembered: the remembered value holds.
+        e.on_sample(&sample(1, 1.8 * 1200.0), Some(90.0));
+        assert_eq!(e.k(), 2.0);
+    }
+
+    #[test]
+    fn a_stale_remembered_width_is_raised_by_the_first_minute_that_shows_more() {
+        let mut e = est();
+        e.start_from(1.5);
+        run(&mut e, 0, 120, |t| (t * 10) as usize);
+        let got = e.on_sample(&sample(1, 2.2 * 1200.0), Some(90.0));
+        assert!(matches!(got, SampleUse::Raised(k) if k > 2.2), "{got:?}");
+    }
+
+    #[test]
+    fn the_config_value_wins_over_the_remembered_one() {
+        let cfg = EstimatorConfig {
+            initial_lambdas_per_execution: Some(2.5),
+            ..EstimatorConfig::default()
+        };
+        let mut e = Estimator::new(cfg, 3.0);
+        assert!(!e.start_from(1.2));
+        run(&mut e, 0, 120, |t| (t * 10) as usize);
+        e.on_sample(&sample(1, 1.8 * 1200.0), Some(90.0));
+        assert_eq!(e.k(), 2.5);
+    }
+
+    #[test]
+    fn only_widths_learned_from_stable_minutes_are_remembered() {
+        let mut e = est();
+        assert_eq!(e.to_remember(), None, "the starting maximum is not news");
+        run(&mut e, 0, 600, |_| 5000);
+        e.on_sample(&sample(5, 9500.0), Some(120.0));
+        let learned = e.k();
+        assert_eq!(e.to_remember(), Some(learned));
+        assert_eq!(e.to_remember(), None, "written once");
+        // The drain at the end: the count falls, a ratio rises; not kept.
+        run(&mut e, 600, 720, |t| 5000 - (t as usize - 600) * 40);
+        let got = e.on_sample(&sample(11, 2.5 * 5000.0), Some(120.0));
+        assert!(matches!(got, SampleUse::Raised(_)), "{got:?}");
+        assert_eq!(e.to_remember(), None);
     }
 }

@@ -116,6 +116,16 @@ impl Executions for SimExecutions {
         let (names, next_token) = self.shared.at_now().list_running(next_token)?;
         Ok(ExecutionPage { names, next_token })
     }
+
+    async fn remembered_k(&self) -> Result<Option<f64>, PortError> {
+        tokio::time::sleep(self.latency * 2).await;
+        self.shared.at_now().remembered_k()
+    }
+
+    async fn remember_k(&self, k: f64) -> Result<(), PortError> {
+        tokio::time::sleep(self.latency * 2).await;
+        self.shared.at_now().remember_k(k)
+    }
 }
 
 pub struct SimMetrics {

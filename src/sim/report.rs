@@ -50,6 +50,9 @@ pub struct Report {
     pub dead_letter_reasons: BTreeMap<String, u64>,
     /// Duplicate SQS deliveries the scenario injected.
     pub duplicate_deliveries: u64,
+    /// Lambdas per execution left with the state machine for the next
+    /// start (None: nothing learned or remembered).
+    pub remembered_lambdas_per_execution: Option<f64>,
     /// Wall-clock seconds the simulation took.
     pub wall_s: f64,
 }
@@ -190,6 +193,7 @@ impl Report {
             deleted_without_start: w.stats.deleted_without_start,
             dead_letter_reasons: w.stats.dlq_reasons.clone(),
             duplicate_deliveries: w.stats.duplicate_deliveries,
+            remembered_lambdas_per_execution: w.remembered().map(round),
             wall_s: round(wall_s),
         }
     }
@@ -234,6 +238,11 @@ impl Report {
         line("priority_p50_s", opt(self.priority_p50_s));
         line("priority_p99_s", opt(self.priority_p99_s));
         line("controller_lives", self.controller_lives.to_string());
+        line(
+            "remembered_k",
+            self.remembered_lambdas_per_execution
+                .map_or("-".to_string(), |v| format!("{v:.3}")),
+        );
         line(
             "deleted_without_start",
             self.deleted_without_start.to_string(),

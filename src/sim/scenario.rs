@@ -136,6 +136,10 @@ pub struct SfnModel {
     pub completion_events: bool,
     #[serde(default = "d_event_delay")]
     pub completion_event_delay_secs: f64,
+    /// The Lambdas-per-execution estimate a previous run left with the
+    /// state machine (a tag): the next refresh, not the first one.
+    #[serde(default)]
+    pub remembered_lambdas_per_execution: Option<f64>,
 }
 
 const fn d_start_bucket() -> Bucket {
@@ -174,6 +178,7 @@ impl Default for SfnModel {
             retry: RetryModel::default(),
             completion_events: false,
             completion_event_delay_secs: d_event_delay(),
+            remembered_lambdas_per_execution: None,
         }
     }
 }
@@ -481,6 +486,13 @@ impl Scenario {
         let mut p = Vec::new();
         if self.workflow.is_empty() {
             p.push("workflow: at least one step is needed".to_string());
+        }
+        if let Some(k) = self.sfn.remembered_lambdas_per_execution
+            && (k.is_nan() || k <= 0.0)
+        {
+            p.push(format!(
+                "sfn.remembered_lambdas_per_execution: {k} must be positive"
+            ));
         }
         for (i, s) in self.workflow.iter().enumerate() {
             match (&s.task, s.map_items) {

@@ -215,6 +215,8 @@ pub struct World {
     minute_throttles: u64,
     minute: u64,
     published: Vec<Published>,
+    /// The state machine's `fanout:lambdas-per-execution` tag.
+    remembered_k: Option<f64>,
     last_t: f64,
     arrivals_left: u64,
     pub stats: Stats,
@@ -312,6 +314,7 @@ impl World {
             minute_throttles: 0,
             minute: 0,
             published: Vec::new(),
+            remembered_k: sc.sfn.remembered_lambdas_per_execution,
             last_t: 0.0,
             arrivals_left: 0,
             stats: Stats::default(),
@@ -1101,6 +1104,31 @@ impl World {
     }
 
     // ---- Step Functions ----------------------------------------------
+
+    /// DescribeStateMachine + ListTagsForResource.
+    pub fn remembered_k(&mut self) -> Result<Option<f64>, PortError> {
+        self.count("sfn.DescribeStateMachine");
+        self.count("sfn.ListTagsForResource");
+        if let Some(e) = self.fault("sfn", "list_tags_for_resource") {
+            return Err(e);
+        }
+        Ok(self.remembered_k)
+    }
+
+    /// DescribeStateMachine + TagResource.
+    pub fn remember_k(&mut self, k: f64) -> Result<(), PortError> {
+        self.count("sfn.DescribeStateMachine");
+        self.count("sfn.TagResource");
+        if let Some(e) = self.fault("sfn", "tag_resource") {
+            return Err(e);
+        }
+        self.remembered_k = Some(k);
+        Ok(())
+    }
+
+    pub fn remembered(&self) -> Option<f64> {
+        self.remembered_k
+    }
 
     pub fn start_execution(&mut self, name: &str, input: &str) -> Result<bool, PortError> {
         self.count("sfn.StartExecution");
