@@ -252,6 +252,10 @@ impl Source {
     }
 }
 
+/// A changed file is read again after this long and applied only if it
+/// did not change meanwhile.
+const SETTLE: Duration = Duration::from_millis(200);
+
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -353,8 +357,16 @@ pub async fn triggers(
                 continue;
             }
         };
-        if trigger == Trigger::FileChanged && text == last {
-            continue;
+        if trigger == Trigger::FileChanged {
+            if text == last {
+                continue;
+            }
+            // An in-place write may be half done: apply only a content
+            // that stays the same for a moment (else the next poll will).
+            tokio::time::sleep(SETTLE).await;
+            if std::fs::read_to_string(path).ok().as_ref() != Some(&text) {
+                continue;
+            }
         }
         last = text;
         on_text(&last, trigger);
@@ -504,5 +516,70 @@ state_machine_arn = "arn:aws:states:us-east-1:1:stateMachine:p"
         for f in RELOADABLE {
             assert!(leaves(&c).contains_key(*f), "{f} is not a config field");
         }
+    }
+
+    /// The file poll: a changed content is applied once, an unchanged or
+    /// unreadable file is not, rename-writes and symlink swaps are seen,
+    /// and `watch_file = false` stops the poll.
+    #[tokio::test(start_paused = true)]
+    async fn the_poll_applies_changed_content_once_and_survives_a_missing_file() {
+        use std::sync::Mutex;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fanout.toml");
+        std::fs::write(&path, "a").unwrap();
+        let mut cfg = Config::default();
+        cfg.reload.poll_secs = 1;
+        let (cfg_tx, cfg_rx) = watch::channel(Arc::new(cfg.clone()));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let seen = Mutex::new(Vec::<(String, Trigger)>::new());
+        let run = triggers(
+            Source::File(path.clone()),
+            "a".into(),
+            cfg_rx,
+            None,
+            stop_rx,
+            |text, trigger| seen.lock().unwrap().push((text.to_string(), trigger)),
+        );
+        let texts =
+            || -> Vec<String> { seen.lock().unwrap().iter().map(|s| s.0.clone()).collect() };
+        let wait = |s| tokio::time::sleep(Duration::from_millis(s));
+        let script = async {
+            wait(2500).await;
+            assert!(texts().is_empty(), "unchanged content applied");
+            // An editor's rename-write.
+            let tmp = dir.path().join(".fanout.toml.swp");
+            std::fs::write(&tmp, "b").unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+            wait(1500).await;
+            assert_eq!(texts(), ["b"]);
+            wait(3000).await;
+            assert_eq!(texts(), ["b"], "the same content is applied once");
+            // Gone for a while: logged, retried, nothing applied.
+            std::fs::remove_file(&path).unwrap();
+            wait(3000).await;
+            assert_eq!(texts(), ["b"]);
+            // A ConfigMap-style swap: the path becomes a symlink to new data.
+            let data = dir.path().join("..data-1");
+            std::fs::create_dir(&data).unwrap();
+            std::fs::write(data.join("fanout.toml"), "c").unwrap();
+            std::os::unix::fs::symlink(data.join("fanout.toml"), &path).unwrap();
+            wait(1500).await;
+            assert_eq!(texts(), ["b", "c"]);
+            // Polling off: a change waits for SIGHUP.
+            cfg.reload.watch_file = false;
+            cfg_tx.send_replace(Arc::new(cfg.clone()));
+            wait(1500).await;
+            std::fs::write(data.join("fanout.toml"), "d").unwrap();
+            wait(5000).await;
+            assert_eq!(texts(), ["b", "c"]);
+            stop_tx.send_replace(true);
+        };
+        tokio::join!(run, script);
+        assert!(
+            seen.lock()
+                .unwrap()
+                .iter()
+                .all(|s| s.1 == Trigger::FileChanged)
+        );
     }
 }
