@@ -1001,3 +1001,42 @@ async fn config_reloads_on_file_change_and_sighup_without_a_restart() {
         eprintln!("{l}");
     }
 }
+
+/// With the config in `$FANOUT_CONFIG_TOML` (ECS) nothing can be reloaded:
+/// the file is not read, and SIGHUP only says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_the_config_in_the_environment_changes_nothing() {
+    let env = Env::new(30).await;
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let log = env.dir.path().join("run-env.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let child = child_env(&mut Command::new(BIN))
+        .args(["run", "--config", "/nonexistent/fanout.toml"])
+        .env("FANOUT_CONFIG_TOML", &text)
+        .env("RUST_LOG", "info")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .expect("cannot start fanout run");
+    let mut ctl = Controller { child, log };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(env.http_port, "fanout_ready") != Some(1.0) {
+        ctl.assert_running();
+        assert!(Instant::now() < deadline, "never ready:\n{}", ctl.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ctl.signal("-HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ctl.log().contains("the config comes from the environment") {
+        ctl.assert_running();
+        assert!(Instant::now() < deadline, "no SIGHUP line:\n{}", ctl.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ctl.assert_running();
+    let applied = "fanout_config_reloads_total{result=\"applied\"}";
+    assert_eq!(metric(env.http_port, applied), Some(0.0));
+    assert_eq!(metric(env.http_port, "fanout_ceiling"), Some(20.0));
+    ctl.signal("-TERM");
+    let (code, _) = ctl.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0), "{}", ctl.log());
+}
