@@ -199,6 +199,8 @@ where
     /// untouched: each loop reads the config at its next step, the budget
     /// and the estimator take the new values at once, and a pacer whose
     /// rate changed is rebuilt (with a full bucket). Returns the changes.
+    /// One caller at a time (`fanout run`'s reload task): two reloads at
+    /// once could each be planned against the same old config.
     pub fn reload(&self, new: Config, origin: &str) -> Result<Vec<Change>, ReloadError> {
         let current = self.cfg();
         let changes = crate::reload::plan(&current, &new, origin)?;

@@ -25,7 +25,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller against AWS (or an emulator): JSON logs on stdout,
-    /// /healthz and /metrics on `[http] listen`.
+    /// /healthz and /metrics on `[http] listen`. SIGHUP, or a change to the
+    /// config file, reloads the ceiling, rates and pacing without a restart.
     Run(RunArgs),
     /// Put one company update, or a whole refresh from a file, on a queue.
     Enqueue(EnqueueArgs),
