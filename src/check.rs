@@ -22,9 +22,7 @@ pub const CONFIG_ENV: &str = "FANOUT_CONFIG_TOML";
 /// The config's text and the name to show in errors: `$FANOUT_CONFIG_TOML`
 /// when that is set and not empty, else the file.
 pub fn config_source(path: &Path) -> Result<(String, String), CheckError> {
-    if let Ok(text) = std::env::var(CONFIG_ENV)
-        && !text.trim().is_empty()
-    {
+    if let Some(text) = env_config() {
         return Ok((text, format!("${CONFIG_ENV}")));
     }
     let shown = path.display().to_string();
@@ -33,6 +31,13 @@ pub fn config_source(path: &Path) -> Result<(String, String), CheckError> {
         source,
     })?;
     Ok((text, shown))
+}
+
+/// `$FANOUT_CONFIG_TOML`, when it is set and not empty.
+pub fn env_config() -> Option<String> {
+    std::env::var(CONFIG_ENV)
+        .ok()
+        .filter(|text| !text.trim().is_empty())
 }
 
 /// Every problem of the config, as printable lines (`FILE: field:

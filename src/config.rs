@@ -65,6 +65,9 @@ pub struct Config {
     /// Custom metrics published to CloudWatch by `fanout run`.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// How `fanout run` picks up config changes without a restart.
+    #[serde(default)]
+    pub reload: ReloadConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -470,6 +473,34 @@ impl Default for MetricsConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Poll the config file and apply a changed content (SIGHUP always
+    /// reloads). Off when the config comes from `$FANOUT_CONFIG_TOML`.
+    #[serde(default = "d_watch_file")]
+    pub watch_file: bool,
+    /// How often the file is read and compared with the last content seen.
+    #[serde(default = "d_reload_poll")]
+    pub poll_secs: u64,
+}
+
+const fn d_watch_file() -> bool {
+    true
+}
+const fn d_reload_poll() -> u64 {
+    5
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch_file: d_watch_file(),
+            poll_secs: d_reload_poll(),
+        }
+    }
+}
+
 /// One problem found in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -731,6 +762,12 @@ impl Config {
         }
         if self.metrics.interval_secs == 0 {
             bad("metrics.interval_secs", "must be at least 1".into());
+        }
+        if !(1..=3600).contains(&self.reload.poll_secs) {
+            bad(
+                "reload.poll_secs",
+                format!("{} must be in 1..=3600", self.reload.poll_secs),
+            );
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, q) in self.queues.iter().enumerate() {

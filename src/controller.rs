@@ -9,7 +9,7 @@
 //! to the queue's DLQ with its reason.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -27,6 +27,7 @@ use crate::ports::{
     ConcurrencyMetrics, Executions, Message, MetricsSink, OutgoingMessage, PortError, StartOutcome,
     WorkQueue,
 };
+use crate::reload::{Change, ReloadError};
 
 /// Attribute carrying the reason a message was dead-lettered.
 pub const REASON_ATTRIBUTE: &str = "fanout-reason";
@@ -114,13 +115,15 @@ enum Fate {
 }
 
 pub struct Controller<Q, E, M, S> {
-    cfg: Config,
+    /// The config in force: replaced whole by `reload`, read at each step.
+    cfg: watch::Sender<Arc<Config>>,
     policy: Policy,
     b: Backends<Q, E, M, S>,
     namer: Namer,
     state: Mutex<State>,
-    start_pacer: Pacer,
-    list_pacer: Pacer,
+    /// Rebuilt by `reload` when their rate changes.
+    start_pacer: Mutex<Arc<Pacer>>,
+    list_pacer: Mutex<Arc<Pacer>>,
     t0: Instant,
     snapshot: watch::Sender<Snapshot>,
     seed: u64,
@@ -167,17 +170,57 @@ where
             pending_deletes: vec![(Vec::new(), 0.0); b.sources.len()],
         };
         Ok(Controller {
-            start_pacer: Pacer::new(c.start_rate_per_s, c.start_burst),
-            list_pacer: Pacer::new(c.list_pages_per_s, c.list_pages_per_s),
+            start_pacer: Mutex::new(Arc::new(Pacer::new(c.start_rate_per_s, c.start_burst))),
+            list_pacer: Mutex::new(Arc::new(Pacer::new(c.list_pages_per_s, c.list_pages_per_s))),
             policy,
             namer,
             state: Mutex::new(state),
             t0: Instant::now(),
             snapshot: watch::channel(Snapshot::default()).0,
             b,
-            cfg,
+            cfg: watch::channel(Arc::new(cfg)).0,
             seed,
         })
+    }
+
+    /// The config in force now.
+    fn cfg(&self) -> Arc<Config> {
+        self.cfg.borrow().clone()
+    }
+
+    /// Watch the config in force (it changes on a successful `reload`).
+    pub fn config(&self) -> watch::Receiver<Arc<Config>> {
+        self.cfg.subscribe()
+    }
+
+    /// Apply a new config to the running controller, or refuse it whole
+    /// (`reload::plan`: invalid, or a field that needs a restart); `origin`
+    /// names it in errors. No loop restarts and messages in hand are
+    /// untouched: each loop reads the config at its next step, the budget
+    /// and the estimator take the new values at once, and a pacer whose
+    /// rate changed is rebuilt (with a full bucket). Returns the changes.
+    /// One caller at a time (`fanout run`'s reload task): two reloads at
+    /// once could each be planned against the same old config.
+    pub fn reload(&self, new: Config, origin: &str) -> Result<Vec<Change>, ReloadError> {
+        let current = self.cfg();
+        let changes = crate::reload::plan(&current, &new, origin)?;
+        if changes.is_empty() {
+            return Ok(changes);
+        }
+        let (c, n) = (&current.controller, &new.controller);
+        if (c.start_rate_per_s, c.start_burst) != (n.start_rate_per_s, n.start_burst) {
+            *lock(&self.start_pacer) = Arc::new(Pacer::new(n.start_rate_per_s, n.start_burst));
+        }
+        if c.list_pages_per_s != n.list_pages_per_s {
+            *lock(&self.list_pacer) = Arc::new(Pacer::new(n.list_pages_per_s, n.list_pages_per_s));
+        }
+        {
+            let mut st = self.state();
+            st.admission.reconfigure(&new);
+            st.estimator.set_config(new.estimator.clone());
+        }
+        self.cfg.send_replace(Arc::new(new));
+        Ok(changes)
     }
 
     /// Watch the controller's state (for /metrics, status, progress).
@@ -195,13 +238,14 @@ where
 
     /// Run until `shutdown` turns true, then hand back what is in hand.
     pub async fn run(&self, shutdown: watch::Receiver<bool>) -> RunSummary {
-        info!(policy = %self.policy, ceiling = self.cfg.controller.ceiling, "controller starting");
+        let cfg = self.cfg();
+        info!(policy = %self.policy, ceiling = cfg.controller.ceiling, "controller starting");
         let admission = async {
             match self.policy {
                 Policy::Seed => {
                     // One event source mapping per queue, each with its pollers.
                     let pollers = (0..self.b.sources.len())
-                        .flat_map(|src| std::iter::repeat_n(src, self.cfg.seed.pollers))
+                        .flat_map(|src| std::iter::repeat_n(src, cfg.seed.pollers))
                         .map(|src| self.seed_poller(src, shutdown.clone()));
                     futures::future::join_all(pollers).await;
                 }
@@ -255,10 +299,9 @@ where
     fn decide_with_target(&self) -> Decision {
         let now = self.now();
         let backend_now = self.b.metrics.now_s();
+        let min_completions = self.cfg().estimator.min_completions;
         let mut st = self.state();
-        let running = st
-            .ledger
-            .in_flight_at(now, self.cfg.estimator.min_completions);
+        let running = st.ledger.in_flight_at(now, min_completions);
         if backend_now - st.last_observed_s >= 1.0 {
             st.last_observed_s = backend_now;
             st.estimator.observe_running(backend_now, running);
@@ -269,7 +312,7 @@ where
             in_hand: st.in_hand,
             k: st.estimator.k(),
             other_load: st.estimator.other_load(),
-            lifetime: (st.ledger.completions() >= self.cfg.estimator.min_completions)
+            lifetime: (st.ledger.completions() >= min_completions)
                 .then(|| st.ledger.mean_lifetime())
                 .flatten(),
             ours: running.saturating_sub(st.ledger.foreign()),
@@ -282,13 +325,14 @@ where
     }
 
     async fn admission_loop(&self, shutdown: watch::Receiver<bool>) {
-        let tick = self.cfg.controller.tick();
-        let c = &self.cfg.controller;
-        // One step starts about half a second's worth, so priority
-        // messages are looked at again soon.
-        let step_cap = ((c.start_rate_per_s as usize) / 2).max(BATCH);
         let mut idle = false;
         while !*shutdown.borrow() {
+            let cfg = self.cfg();
+            let c = &cfg.controller;
+            let tick = c.tick();
+            // One step starts about half a second's worth, so priority
+            // messages are looked at again soon.
+            let step_cap = ((c.start_rate_per_s as usize) / 2).max(BATCH);
             self.flush_deletes(false).await;
             // Until the first reconcile, executions already running (a
             // previous life, another replica) are unknown: admit nothing.
@@ -360,13 +404,14 @@ where
         idle: bool,
         whole_batches: bool,
     ) -> (Vec<(usize, Message)>, bool) {
-        let vis = self.cfg.controller.visibility();
+        let cfg = self.cfg();
+        let vis = cfg.controller.visibility();
         let mut out = Vec::new();
         if idle {
             // Nothing seen last time: long-poll every queue at once, each
             // for an equal share of the budget.
             let share = (budget / self.b.sources.len()).clamp(1, BATCH);
-            let wait = Duration::from_secs(self.cfg.controller.idle_wait_secs);
+            let wait = Duration::from_secs(cfg.controller.idle_wait_secs);
             let lower_share = (lower / self.b.sources.len()).min(BATCH);
             let polls = self
                 .b
@@ -410,7 +455,7 @@ where
             } else {
                 remaining
                     .div_ceil(BATCH)
-                    .min(self.cfg.controller.max_receives_in_flight)
+                    .min(cfg.controller.max_receives_in_flight)
             };
             let askable = if whole_batches && !drained {
                 remaining / BATCH * BATCH
@@ -472,7 +517,7 @@ where
 
     /// Start every message in hand, then settle each one's fate.
     async fn process(&self, msgs: Vec<(usize, Message)>, shutdown: &watch::Receiver<bool>) {
-        let n = self.cfg.controller.max_starts_in_flight;
+        let n = self.cfg().controller.max_starts_in_flight;
         let fates: Vec<(usize, Message, Fate)> = futures::stream::iter(msgs)
             .map(|(src, m)| async move {
                 let fate = self.start_one(src, &m, shutdown).await;
@@ -491,8 +536,9 @@ where
             Ok(n) => n,
             Err(why) => return Fate::DeadLetter(why),
         };
-        let r = &self.cfg.retry;
-        let vis = self.cfg.controller.visibility();
+        let cfg = self.cfg();
+        let r = &cfg.retry;
+        let vis = cfg.controller.visibility();
         let received = Instant::now();
         let mut hidden_until = received + vis;
         let mut backoff = Backoff::new(
@@ -503,7 +549,8 @@ where
                 ^ u64::from_str_radix(&crate::control::naming::short_hash(&m.id), 16).unwrap_or(0),
         );
         loop {
-            self.start_pacer.acquire().await;
+            let pacer = lock(&self.start_pacer).clone();
+            pacer.acquire().await;
             match self.b.executions.start(&name, &m.body).await {
                 Ok(outcome) => {
                     let now = self.now();
@@ -738,15 +785,16 @@ where
     /// The seed policy: receive first, check room per message, put back
     /// with a delay when there is none (raising its receive count).
     async fn seed_poller(&self, src: usize, shutdown: watch::Receiver<bool>) {
-        let vis = self.cfg.controller.visibility();
-        let delay = Duration::from_secs(self.cfg.seed.requeue_delay_secs);
-        let wait = Duration::from_secs(self.cfg.controller.idle_wait_secs);
         while !*shutdown.borrow() {
+            let cfg = self.cfg();
+            let vis = cfg.controller.visibility();
+            let delay = Duration::from_secs(cfg.seed.requeue_delay_secs);
+            let wait = Duration::from_secs(cfg.controller.idle_wait_secs);
             let msgs = match self.b.sources[src].queue.receive(BATCH, vis, wait).await {
                 Ok(m) => m,
                 Err(e) => {
                     warn!(error = %e, "receive failed");
-                    sleep_unless(self.cfg.controller.tick(), &shutdown).await;
+                    sleep_unless(cfg.controller.tick(), &shutdown).await;
                     continue;
                 }
             };
@@ -770,9 +818,10 @@ where
     }
 
     async fn reconcile_loop(&self, shutdown: watch::Receiver<bool>) {
-        let interval = Duration::from_secs(self.cfg.controller.reconcile_interval_secs);
-        let grace = self.cfg.controller.list_grace_secs as f64;
         while !*shutdown.borrow() {
+            let cfg = self.cfg();
+            let interval = Duration::from_secs(cfg.controller.reconcile_interval_secs);
+            let grace = cfg.controller.list_grace_secs as f64;
             let listed_at = self.now();
             match self.list_all(&shutdown).await {
                 Some(names) => {
@@ -805,7 +854,8 @@ where
             if *shutdown.borrow() {
                 return None;
             }
-            self.list_pacer.acquire().await;
+            let pacer = lock(&self.list_pacer).clone();
+            pacer.acquire().await;
             match self.b.executions.list_running(token.clone()).await {
                 Ok(page) => {
                     names.extend(page.names);
@@ -831,14 +881,14 @@ where
         if self.policy != Policy::Adaptive {
             return;
         }
-        let every = Duration::from_secs(self.cfg.controller.metrics_poll_secs);
         let first_minute = (self.b.metrics.now_s().max(0.0) as u64) / 60 * 60;
-        let min_completions = self.cfg.estimator.min_completions;
-        let remember = self.cfg.estimator.remember;
-        if remember {
+        if self.cfg().estimator.remember {
             self.recall_k().await;
         }
         while !*shutdown.borrow() {
+            let cfg = self.cfg();
+            let every = Duration::from_secs(cfg.controller.metrics_poll_secs);
+            let min_completions = cfg.estimator.min_completions;
             sleep_unless(every, &shutdown).await;
             let since = self
                 .state()
@@ -882,7 +932,10 @@ where
                     self.b.sink.count("metric_errors", 1);
                 }
             }
-            let worth = remember.then(|| self.state().estimator.to_remember());
+            let worth = cfg
+                .estimator
+                .remember
+                .then(|| self.state().estimator.to_remember());
             if let Some(Some(k)) = worth {
                 match self.b.executions.remember_k(k).await {
                     Ok(()) => debug!(k, "lambdas per execution remembered with the state machine"),
@@ -922,8 +975,8 @@ where
             return;
         };
         let vis = Duration::from_secs(60);
-        let wait = Duration::from_secs(self.cfg.controller.idle_wait_secs);
         while !*shutdown.borrow() {
+            let wait = Duration::from_secs(self.cfg().controller.idle_wait_secs);
             let msgs = match q.receive(BATCH, vis, wait).await {
                 Ok(m) => m,
                 Err(e) => {
@@ -966,6 +1019,10 @@ pub fn parse_status_event(body: &str) -> Option<(String, String)> {
     let name = d.get("name")?.as_str()?.to_string();
     let status = d.get("status")?.as_str()?.to_string();
     Some((name, status))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Sleep for `d` unless shutdown is requested first.

@@ -39,9 +39,18 @@ pub fn probe(url: &str, timeout: Duration) -> Result<u16, HealthcheckError> {
     s.set_read_timeout(Some(timeout)).map_err(conn)?;
     s.set_write_timeout(Some(timeout)).map_err(conn)?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {host_port}\r\n\r\n").map_err(conn)?;
-    let mut head = [0u8; 64];
-    let n = s.read(&mut head).map_err(conn)?;
-    let line = String::from_utf8_lossy(&head[..n]);
+    // The status line may arrive in pieces: read until its end, EOF, or
+    // more than a status line can be.
+    let mut head = Vec::with_capacity(64);
+    let mut buf = [0u8; 64];
+    while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 256 {
+        let n = s.read(&mut buf).map_err(conn)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
     line.split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
@@ -62,7 +71,12 @@ mod tests {
             let (mut c, _) = l.accept().unwrap();
             let mut buf = [0u8; 256];
             let _ = c.read(&mut buf);
-            let _ = write!(c, "HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+            // In pieces, as a server may send it.
+            for piece in ["HTTP/1.1 ", status, "\r\ncontent-length: 0\r\n\r\n"] {
+                let _ = c.write_all(piece.as_bytes());
+                let _ = c.flush();
+                std::thread::sleep(Duration::from_millis(5));
+            }
         });
         format!("http://127.0.0.1:{port}/healthz")
     }

@@ -24,6 +24,7 @@ pub mod controller;
 pub mod enqueue;
 pub mod healthcheck;
 pub mod ports;
+pub mod reload;
 pub mod run;
 pub mod sim;
 pub mod status;

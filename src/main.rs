@@ -25,7 +25,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller against AWS (or an emulator): JSON logs on stdout,
-    /// /healthz and /metrics on `[http] listen`.
+    /// /healthz and /metrics on `[http] listen`. SIGHUP, or a change to the
+    /// config file, reloads the ceiling, rates and pacing without a restart.
     Run(RunArgs),
     /// Put one company update, or a whole refresh from a file, on a queue.
     Enqueue(EnqueueArgs),
@@ -208,10 +209,12 @@ fn run(a: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let cfg = match fanout::check::config_source(&a.config)
+    let (cfg, text) = match fanout::check::config_source(&a.config)
         .map_err(anyhow::Error::from)
-        .and_then(|(text, origin)| Config::parse(&text, &origin).map_err(anyhow::Error::from))
-    {
+        .and_then(|(text, origin)| {
+            let cfg = Config::parse(&text, &origin).map_err(anyhow::Error::from)?;
+            Ok((cfg, text))
+        }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -226,7 +229,14 @@ fn run(a: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(fanout::run::run(cfg));
+    // The file is polled for changes and re-read on SIGHUP; the
+    // environment variable cannot change in a running process.
+    let source = if fanout::check::env_config().is_some() {
+        fanout::reload::Source::Env
+    } else {
+        fanout::reload::Source::File(a.config.clone())
+    };
+    let result = rt.block_on(fanout::run::run(cfg, source, text));
     // Blocking tasks (credential providers) must not hold the exit.
     rt.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {

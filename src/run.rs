@@ -1,5 +1,6 @@
 //! `fanout run`: the controller on real AWS (or an emulator), with JSON
-//! logs, /healthz and /metrics, optional CloudWatch custom metrics, and a
+//! logs, /healthz and /metrics, optional CloudWatch custom metrics, config
+//! reload on SIGHUP and when the file changes (`crate::reload`), and a
 //! graceful shutdown on SIGTERM/SIGINT within `shutdown_deadline_secs`.
 
 use std::time::Duration;
@@ -13,6 +14,7 @@ use crate::aws::sfn::SfnExecutions;
 use crate::aws::sqs::SqsQueue;
 use crate::config::{Config, Problem};
 use crate::controller::{Backends, Controller, ControllerError, RunSummary, Source};
+use crate::reload::{self, Source as ConfigSource};
 use crate::telemetry::{self, Telemetry, TelemetryError};
 
 /// How often queue depths are refreshed for /metrics.
@@ -68,12 +70,20 @@ async fn termination() -> Result<impl std::future::Future<Output = &'static str>
 }
 
 /// Run the controller until a signal, then shut down within the deadline.
-pub async fn run(cfg: Config) -> Result<RunOutcome, RunError> {
+/// `source` is where `cfg` came from and `text` its content, the reference
+/// the file is compared with for reloads.
+pub async fn run(cfg: Config, source: ConfigSource, text: String) -> Result<RunOutcome, RunError> {
     let problems = cfg.validate_for_aws();
     if !problems.is_empty() {
         return Err(RunError::Invalid(problems));
     }
     let signal = termination().await?;
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(
+        |source| RunError::Signal {
+            signal: "SIGHUP",
+            source,
+        },
+    )?;
     let clients = Clients::new(&cfg.aws).await;
     let queue = |url: &str| SqsQueue::new(clients.sqs.clone(), url);
     let sources = cfg
@@ -104,8 +114,8 @@ pub async fn run(cfg: Config) -> Result<RunOutcome, RunError> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0));
-    let deadline = Duration::from_secs(cfg.controller.shutdown_deadline_secs);
     let policy = cfg.controller.policy;
+    let watch_file = cfg.reload.watch_file;
     let publish = cfg.metrics.clone();
     let functions = cfg.aws.functions.clone();
     let controller = Controller::new(cfg, policy, backends, seed)?;
@@ -166,11 +176,48 @@ pub async fn run(cfg: Config) -> Result<RunOutcome, RunError> {
         }
     }
 
-    let run = controller.run(stop_rx);
+    match &source {
+        ConfigSource::File(p) if watch_file => {
+            info!(path = %p.display(), "config reload: on SIGHUP and when the file changes")
+        }
+        ConfigSource::File(p) => {
+            info!(path = %p.display(), "config reload: on SIGHUP ([reload] watch_file = false)")
+        }
+        ConfigSource::Env => info!(
+            "config from ${}: no reload (the environment cannot change in a running process)",
+            crate::check::CONFIG_ENV
+        ),
+    }
+    let origin = source.origin();
+    let reloads = reload::triggers(
+        source,
+        text,
+        controller.config(),
+        Some(hangup),
+        stop_rx.clone(),
+        |text, trigger| {
+            let r = reload::apply_text(text, &origin, trigger, |new| {
+                controller.reload(new, &origin)
+            });
+            match r {
+                Ok(changes) if changes.is_empty() => {}
+                Ok(_) => {
+                    telemetry.set_ceiling(controller.config().borrow().controller.ceiling);
+                    telemetry.reloaded(true);
+                }
+                Err(_) => telemetry.reloaded(false),
+            }
+        },
+    );
+    let run = async { tokio::join!(controller.run(stop_rx), reloads).0 };
     tokio::pin!(run);
     let summary = tokio::select! {
         s = &mut run => Some(s),
         sig = signal => {
+            // As of the last reload.
+            let deadline = Duration::from_secs(
+                controller.config().borrow().controller.shutdown_deadline_secs,
+            );
             info!(signal = sig, deadline_secs = deadline.as_secs(), "shutting down");
             let _ = stop_tx.send(true);
             match tokio::time::timeout(deadline, &mut run).await {

@@ -71,13 +71,19 @@ struct Inner {
     depths: BTreeMap<(String, &'static str), u64>,
     snapshot: Snapshot,
     updated: Option<Instant>,
+    /// The ceiling in force (it changes on a config reload).
+    ceiling: u32,
+    /// Config reloads by result: "applied", "refused".
+    reloads: BTreeMap<&'static str, u64>,
 }
+
+/// The results counted by `fanout_config_reloads_total{result}`.
+pub const RELOAD_RESULTS: [&str; 2] = ["applied", "refused"];
 
 /// The metrics registry and health state, cheap to clone.
 #[derive(Clone, Default)]
 pub struct Telemetry {
     inner: Arc<Mutex<Inner>>,
-    ceiling: u32,
 }
 
 impl Telemetry {
@@ -87,10 +93,24 @@ impl Telemetry {
         for name in COUNTERS {
             inner.counters.insert(name, 0);
         }
+        for r in RELOAD_RESULTS {
+            inner.reloads.insert(r, 0);
+        }
+        inner.ceiling = ceiling;
         Telemetry {
             inner: Arc::new(Mutex::new(inner)),
-            ceiling,
         }
+    }
+
+    /// The ceiling of a reloaded config.
+    pub fn set_ceiling(&self, ceiling: u32) {
+        self.lock().ceiling = ceiling;
+    }
+
+    /// Count a config reload: `applied` or `refused`.
+    pub fn reloaded(&self, applied: bool) {
+        let r = if applied { "applied" } else { "refused" };
+        *self.lock().reloads.entry(r).or_insert(0) += 1;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -127,7 +147,10 @@ impl Telemetry {
         let mut out: Vec<(String, f64)> =
             i.gauges.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         out.extend(i.counters.iter().map(|(k, v)| (k.to_string(), *v as f64)));
-        out.push(("ceiling".into(), self.ceiling as f64));
+        out.push(("ceiling".into(), i.ceiling as f64));
+        for (r, n) in &i.reloads {
+            out.push((format!("config_reloads_{r}"), *n as f64));
+        }
         out.push(("started".into(), i.snapshot.summary.started as f64));
         out
     }
@@ -170,8 +193,8 @@ impl Telemetry {
         );
         gauge(
             "ceiling",
-            "Configured Lambda concurrency ceiling.",
-            self.ceiling as f64,
+            "Configured Lambda concurrency ceiling (as of the last config reload).",
+            i.ceiling as f64,
         );
         gauge(
             "ready",
@@ -224,6 +247,10 @@ impl Telemetry {
                 _ => "Controller counter.",
             };
             counter(name, help, *v);
+        }
+        out.push_str("# HELP fanout_config_reloads_total Config reloads (SIGHUP, file change) by result.\n# TYPE fanout_config_reloads_total counter\n");
+        for (r, n) in &i.reloads {
+            let _ = writeln!(out, "fanout_config_reloads_total{{result=\"{r}\"}} {n}");
         }
         if !i.depths.is_empty() {
             out.push_str("# HELP fanout_queue_messages Approximate messages per queue and state.\n# TYPE fanout_queue_messages gauge\n");
@@ -316,6 +343,7 @@ mod tests {
         t.count("deletes", 3);
         t.count("start_throttles", 1);
         t.set_depth("bulk", "visible", 7);
+        t.reloaded(false);
         let text = t.render();
         for needle in [
             "fanout_running_executions 0",
@@ -324,8 +352,18 @@ mod tests {
             "fanout_start_throttles_total 1",
             "fanout_starts_total 0",
             "fanout_queue_messages{queue=\"bulk\",state=\"visible\"} 7",
+            "fanout_config_reloads_total{result=\"applied\"} 0",
+            "fanout_config_reloads_total{result=\"refused\"} 1",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
         }
+        t.set_ceiling(12);
+        t.reloaded(true);
+        let text = t.render();
+        assert!(text.contains("fanout_ceiling 12\n"), "{text}");
+        assert!(
+            text.contains("fanout_config_reloads_total{result=\"applied\"} 1"),
+            "{text}"
+        );
     }
 }

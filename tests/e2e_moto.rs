@@ -897,3 +897,163 @@ fn enqueue_dry_run_names_bad_lines() {
             .contains("region")
     );
 }
+
+/// One sample of `/metrics`: the value of the line starting with `series `.
+fn metric(port: u16, series: &str) -> Option<f64> {
+    let (_, text) = http(port, "GET", "/metrics", "").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Config hot reload on the real binary: a changed file is applied, an
+/// invalid one and one that needs a restart are refused (logged with the
+/// field, the old config kept), SIGHUP applies a change the poll was told
+/// to ignore; all in one process that keeps serving and draining.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_reloads_on_file_change_and_sighup_without_a_restart() {
+    let t0 = Instant::now();
+    let env = Env::new(30).await;
+    env.enqueue_bulk(30);
+    let base = std::fs::read_to_string(&env.config).unwrap() + "\n[reload]\npoll_secs = 1\n";
+    assert!(base.contains("\nceiling = 20\n"));
+    let with = |ceiling: u32, extra: &str| {
+        let text = base.replace("\nceiling = 20\n", &format!("\nceiling = {ceiling}\n"));
+        // Whole, as editors do (write a copy, rename it over the file).
+        let tmp = env.config.with_extension("toml.new");
+        std::fs::write(&tmp, text + extra).unwrap();
+        std::fs::rename(&tmp, &env.config).unwrap();
+    };
+    with(20, "");
+    let mut ctl = env.start("reload");
+    let port = env.http_port;
+    let applied = "fanout_config_reloads_total{result=\"applied\"}";
+    let refused = "fanout_config_reloads_total{result=\"refused\"}";
+    // Wait (at most `secs`) until /metrics shows `series` at `value`.
+    async fn until(ctl: &mut Controller, port: u16, series: &str, value: f64, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            ctl.assert_running();
+            if metric(port, series) == Some(value) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} never {value} (now {:?}):\n{}",
+                metric(port, series),
+                ctl.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    until(&mut ctl, port, "fanout_ready", 1.0, 20).await;
+    assert_eq!(metric(port, "fanout_ceiling"), Some(20.0));
+    assert_eq!(metric(port, applied), Some(0.0));
+
+    // (1) The file changes: applied by the poll, no restart.
+    with(12, "");
+    until(&mut ctl, port, "fanout_ceiling", 12.0, 5).await;
+    assert_eq!(metric(port, applied), Some(1.0));
+    let log = ctl.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("config reloaded"))
+        .unwrap_or_else(|| panic!("no reload line:\n{log}"));
+    assert!(line.contains("controller.ceiling: 20 -> 12"), "{line}");
+    assert!(line.contains("file changed"), "{line}");
+
+    // (2) An invalid value, then a field that needs a restart: refused,
+    // logged with the field, the ceiling stays 12.
+    with(0, "");
+    until(&mut ctl, port, refused, 1.0, 5).await;
+    with(12, "[completion_queue]\nurl = \"http://127.0.0.1:1/q\"\n");
+    until(&mut ctl, port, refused, 2.0, 5).await;
+    assert_eq!(metric(port, "fanout_ceiling"), Some(12.0));
+    assert_eq!(metric(port, applied), Some(1.0));
+    let log = ctl.log();
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"ERROR\"") && l.contains("config reload refused"))
+        .collect();
+    assert_eq!(refusals.len(), 2, "{log}");
+    assert!(
+        refusals[0].contains("controller.ceiling: must be at least 1"),
+        "{}",
+        refusals[0]
+    );
+    assert!(refusals[0].contains("fanout.toml"), "{}", refusals[0]);
+    assert!(
+        refusals[1].contains("completion_queue.url"),
+        "{}",
+        refusals[1]
+    );
+    assert!(
+        refusals[1].contains("restart the service to apply"),
+        "{}",
+        refusals[1]
+    );
+
+    // (3) Polling off, then a change only SIGHUP applies.
+    with(12, "watch_file = false\n");
+    until(&mut ctl, port, applied, 2.0, 5).await;
+    with(15, "watch_file = false\n");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        metric(port, "fanout_ceiling"),
+        Some(12.0),
+        "the poll was off"
+    );
+    ctl.signal("-HUP");
+    until(&mut ctl, port, "fanout_ceiling", 15.0, 5).await;
+    assert_eq!(metric(port, applied), Some(3.0));
+    assert!(ctl.log().contains("controller.ceiling: 12 -> 15"));
+
+    // The same process drained everything, once each.
+    env.wait_drained(30, Duration::from_secs(30)).await;
+    assert_one_each(&env.executions().await, &bulk_ids(30));
+    ctl.signal("-TERM");
+    let (code, _) = ctl.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0), "{}", ctl.log());
+    eprintln!("reload e2e took {:?}", t0.elapsed());
+    for l in ctl.log().lines().filter(|l| l.contains("config reload")) {
+        eprintln!("{l}");
+    }
+}
+
+/// With the config in `$FANOUT_CONFIG_TOML` (ECS) nothing can be reloaded:
+/// the file is not read, and SIGHUP only says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_the_config_in_the_environment_changes_nothing() {
+    let env = Env::new(30).await;
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let log = env.dir.path().join("run-env.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let child = child_env(&mut Command::new(BIN))
+        .args(["run", "--config", "/nonexistent/fanout.toml"])
+        .env("FANOUT_CONFIG_TOML", &text)
+        .env("RUST_LOG", "info")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .expect("cannot start fanout run");
+    let mut ctl = Controller { child, log };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(env.http_port, "fanout_ready") != Some(1.0) {
+        ctl.assert_running();
+        assert!(Instant::now() < deadline, "never ready:\n{}", ctl.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ctl.signal("-HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ctl.log().contains("the config comes from the environment") {
+        ctl.assert_running();
+        assert!(Instant::now() < deadline, "no SIGHUP line:\n{}", ctl.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ctl.assert_running();
+    let applied = "fanout_config_reloads_total{result=\"applied\"}";
+    assert_eq!(metric(env.http_port, applied), Some(0.0));
+    assert_eq!(metric(env.http_port, "fanout_ceiling"), Some(20.0));
+    ctl.signal("-TERM");
+    let (code, _) = ctl.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0), "{}", ctl.log());
+}

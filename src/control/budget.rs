@@ -114,6 +114,24 @@ impl Admission {
         self.ceiling = f64::from(ceiling);
     }
 
+    /// A reloaded config: the ceiling, headroom, ramp and caps change from
+    /// the next decision on; the ramp's progress, the growth pacing and a
+    /// throttle slow-down (as a fraction of the rate) carry over. A lower
+    /// ceiling lowers the target at once: nothing is admitted until the
+    /// running count is under it (nothing is cancelled).
+    pub fn reconfigure(&mut self, cfg: &Config) {
+        let c = &cfg.controller;
+        let slowed = (self.ramp_rate_now / self.ramp_rate).clamp(0.0, 1.0);
+        self.ceiling = f64::from(c.ceiling);
+        self.account_limit = c.account_limit.map(f64::from);
+        self.headroom = c.headroom_fraction;
+        self.ramp_rate = c.ramp_concurrency_per_s;
+        self.ramp_rate_now = c.ramp_concurrency_per_s * slowed;
+        self.ramp_initial = c.ramp_initial;
+        self.fixed_cap = cfg.fixed_cap() as usize;
+        self.seed_multiplier = cfg.seed.multiplier;
+    }
+
     /// The ceiling after other load in the account is taken out.
     pub fn effective_ceiling(&self, other_load: Option<f64>) -> f64 {
         let mut c = self.ceiling;
@@ -323,6 +341,26 @@ mod tests {
             })
             .budget;
         assert_eq!(newcomer, (alone as f64 * MIN_SHARE).floor() as usize);
+    }
+
+    #[test]
+    fn a_lowered_ceiling_stops_admission_at_once_and_a_raised_one_grows() {
+        let mut a = Admission::new(&cfg(300), Policy::Adaptive);
+        let mut running = 0usize;
+        for s in 0..120 {
+            running += a.decide(inputs(s as f64, running, 3.0)).budget;
+        }
+        assert_eq!(running, 100, "at the target of 300 / 3");
+        a.reconfigure(&cfg(120));
+        let d = a.decide(inputs(120.0, running, 3.0));
+        assert_eq!((d.budget, d.target), (0, 40));
+        // Executions finish; admission resumes only under the new target.
+        let d = a.decide(inputs(150.0, 38, 3.0));
+        assert_eq!(d.budget, 2);
+        a.reconfigure(&cfg(300));
+        let d = a.decide(inputs(151.0, 40, 3.0));
+        assert_eq!(d.target, 100);
+        assert!(d.budget > 0, "{d:?}");
     }
 
     #[test]

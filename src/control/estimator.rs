@@ -124,6 +124,12 @@ impl Estimator {
         self.other_load
     }
 
+    /// A reloaded config: new margins and bounds apply to the next sample;
+    /// what was learned is kept.
+    pub fn set_config(&mut self, cfg: EstimatorConfig) {
+        self.cfg = cfg;
+    }
+
     /// Newest minute a sample was seen for (to ask for newer ones).
     pub fn last_sample_minute(&self) -> Option<u64> {
         self.last_sample_minute
