@@ -7,6 +7,7 @@ use crate::aws::Clients;
 use crate::aws::sfn::{SfnError, SfnExecutions};
 use crate::aws::sqs::{Depth, SqsError, SqsQueue};
 use crate::config::Config;
+use crate::ports::Executions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -105,6 +106,10 @@ pub struct Status {
     /// Running executions allowed before anything is learned:
     /// ceiling / max_lambdas_per_execution (the controller's cold target).
     pub cold_target: u64,
+    /// The Lambdas per execution a controller left with the state machine
+    /// for its current definition (`null`: none, or not readable): where
+    /// the next controller starts once its first CloudWatch minute is in.
+    pub remembered_lambdas_per_execution: Option<f64>,
     /// Reserved concurrency per configured function (`null`: unreserved or
     /// unknown).
     pub reserved_concurrency: Vec<(String, Option<i32>)>,
@@ -128,6 +133,15 @@ impl Status {
             "running executions: {}\nceiling: {} Lambdas (cold target {} executions at {} per execution)\n",
             self.running_executions, self.ceiling, self.cold_target, self.max_lambdas_per_execution
         ));
+        match self.remembered_lambdas_per_execution {
+            Some(k) => s.push_str(&format!(
+                "remembered lambdas per execution: {k:.3} (a new controller starts there)\n"
+            )),
+            None => s.push_str(&format!(
+                "remembered lambdas per execution: none (a new controller starts at {})\n",
+                self.max_lambdas_per_execution
+            )),
+        }
         if let Some(c) = &self.controller {
             s.push_str(&format!(
                 "controller: {}, running {}, in hand {}, budget {}, target {}, lambdas per execution {:.3}, starts {}\n",
@@ -182,9 +196,11 @@ pub async fn status(cfg: &Config, controller: Option<&str>) -> Result<Status, St
             dlq,
         });
     }
-    let running = SfnExecutions::new(clients.sfn.clone(), &cfg.aws.state_machine_arn)
-        .count_running()
-        .await?;
+    let sfn = SfnExecutions::new(clients.sfn.clone(), &cfg.aws.state_machine_arn);
+    let running = sfn.count_running().await?;
+    // Informative, like reserved concurrency: a missing permission is not
+    // an error here.
+    let remembered = sfn.remembered_k().await.ok().flatten();
     // Reserved concurrency is informative: its absence is not an error.
     let reserved = if cfg.aws.functions.is_empty() {
         Vec::new()
@@ -206,6 +222,7 @@ pub async fn status(cfg: &Config, controller: Option<&str>) -> Result<Status, St
         ceiling: c.ceiling,
         max_lambdas_per_execution: c.max_lambdas_per_execution,
         cold_target: (c.ceiling as f64 / c.max_lambdas_per_execution).floor() as u64,
+        remembered_lambdas_per_execution: remembered,
         reserved_concurrency: reserved,
         controller: view,
     })

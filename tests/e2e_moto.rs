@@ -563,6 +563,11 @@ async fn drains_bulk_and_priority_at_the_ceiling() {
     assert!(status.status.success(), "{table}");
     assert!(table.contains("bulk"), "{table}");
     assert!(table.contains("controller: ready"), "{table}");
+    // No CloudWatch on the emulator: nothing learned, nothing remembered.
+    assert!(
+        table.contains("remembered lambdas per execution: none"),
+        "{table}"
+    );
     ctl.signal("-TERM");
     let (code, _) = ctl.wait_exit(Duration::from_secs(15)).await;
     assert_eq!(code, Some(0), "{}", ctl.log());
