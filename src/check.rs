@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::config::{Config, Problem};
+use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
@@ -54,7 +54,7 @@ pub fn check_text(text: &str, origin: &str) -> Vec<String> {
         Ok(cfg) => cfg
             .validate_for_aws()
             .into_iter()
-            .map(|Problem { field, message }| format!("{origin}: {field}: {message}"))
+            .map(|p| format!("{origin}: {p}"))
             .collect(),
     }
 }

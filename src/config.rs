@@ -508,6 +508,12 @@ pub struct Problem {
     pub message: String,
 }
 
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -524,10 +530,11 @@ pub enum ConfigError {
     },
 }
 
-fn render(problems: &[Problem]) -> String {
+/// Every problem on its own indented line, for messages a user reads.
+pub fn render(problems: &[Problem]) -> String {
     problems
         .iter()
-        .map(|p| format!("  - {}: {}", p.field, p.message))
+        .map(|p| format!("  - {p}"))
         .collect::<Vec<_>>()
         .join("\n")
 }

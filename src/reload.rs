@@ -126,10 +126,11 @@ pub enum ReloadError {
     NeedsRestart { path: String, fields: Vec<String> },
 }
 
+/// One line, for a log entry.
 fn render_problems(problems: &[Problem]) -> String {
     problems
         .iter()
-        .map(|p| format!("{}: {}", p.field, p.message))
+        .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("; ")
 }

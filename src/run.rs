@@ -12,7 +12,7 @@ use crate::aws::Clients;
 use crate::aws::cloudwatch::{LambdaConcurrency, MetricPublisher};
 use crate::aws::sfn::SfnExecutions;
 use crate::aws::sqs::SqsQueue;
-use crate::config::{Config, Problem};
+use crate::config::{Config, Problem, render};
 use crate::controller::{Backends, Controller, ControllerError, RunSummary, Source};
 use crate::reload::{self, Source as ConfigSource};
 use crate::telemetry::{self, Telemetry, TelemetryError};
@@ -33,14 +33,6 @@ pub enum RunError {
         signal: &'static str,
         source: std::io::Error,
     },
-}
-
-fn render(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(|p| format!("  - {}: {}", p.field, p.message))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// How the run ended.

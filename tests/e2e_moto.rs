@@ -465,6 +465,25 @@ impl Controller {
             panic!("fanout run exited early ({st}):\n{}", self.log());
         }
     }
+
+    /// Poll `done` every 100 ms while the process keeps running; fail after
+    /// `limit` with `what` and the log.
+    async fn wait_for(
+        &mut self,
+        limit: Duration,
+        what: impl Fn() -> String,
+        mut done: impl AsyncFnMut() -> bool,
+    ) {
+        let deadline = Instant::now() + limit;
+        loop {
+            self.assert_running();
+            if done().await {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{}:\n{}", what(), self.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 impl Drop for Controller {
@@ -531,19 +550,12 @@ async fn drains_bulk_and_priority_at_the_ceiling() {
     let mut ctl = env.start("a");
 
     // /healthz turns 200 once the first reconcile is done.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        ctl.assert_running();
-        if let Ok((200, _)) = http(env.http_port, "GET", "/healthz", "") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/healthz never 200:\n{}",
-            ctl.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ctl.wait_for(
+        Duration::from_secs(30),
+        || "/healthz never 200".into(),
+        async || matches!(http(env.http_port, "GET", "/healthz", ""), Ok((200, _))),
+    )
+    .await;
 
     let peak = env.wait_drained(305, Duration::from_secs(150)).await;
     let elapsed = t0.elapsed();
@@ -610,12 +622,13 @@ async fn kill_9_and_restart_keeps_one_execution_per_message() {
     let env = Env::new(5).await;
     env.enqueue_bulk(120);
     let mut first = env.start("first");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while env.executions().await.len() < 30 {
-        first.assert_running();
-        assert!(Instant::now() < deadline, "no progress:\n{}", first.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    first
+        .wait_for(
+            Duration::from_secs(60),
+            || "no progress".into(),
+            async || env.executions().await.len() >= 30,
+        )
+        .await;
     first.child.kill().unwrap(); // SIGKILL
     first.child.wait().unwrap();
     let _second = env.start("second");
@@ -636,13 +649,14 @@ async fn bad_input_goes_to_the_dlq_with_its_reason() {
         env.send_raw(&env.bulk, &format!(r#"{{"company_id":"g{i}"}}"#))
             .await;
     }
-    let ctl = env.start("bad");
+    let mut ctl = env.start("bad");
     env.wait_drained(20, Duration::from_secs(90)).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while env.depth(&env.bulk_dlq).await.0 < 3 {
-        assert!(Instant::now() < deadline, "DLQ never got 3 messages");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    ctl.wait_for(
+        Duration::from_secs(20),
+        || "DLQ never got 3 messages".into(),
+        async || env.depth(&env.bulk_dlq).await.0 >= 3,
+    )
+    .await;
     let good: BTreeSet<String> = (1..=20).map(|i| format!("g{i}")).collect();
     assert_one_each(&env.executions().await, &good);
 
@@ -686,12 +700,12 @@ async fn sigterm_exits_zero_in_time_and_hands_back_messages() {
     let env = Env::new(60).await;
     env.enqueue_bulk(200);
     let mut ctl = env.start("term");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while env.executions().await.len() < 25 {
-        ctl.assert_running();
-        assert!(Instant::now() < deadline, "no progress:\n{}", ctl.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ctl.wait_for(
+        Duration::from_secs(60),
+        || "no progress".into(),
+        async || env.executions().await.len() >= 25,
+    )
+    .await;
     ctl.signal("-TERM");
     // shutdown_deadline_secs = 10, plus process exit.
     let (code, took) = ctl.wait_exit(Duration::from_secs(15)).await;
@@ -935,20 +949,12 @@ async fn config_reloads_on_file_change_and_sighup_without_a_restart() {
     let refused = "fanout_config_reloads_total{result=\"refused\"}";
     // Wait (at most `secs`) until /metrics shows `series` at `value`.
     async fn until(ctl: &mut Controller, port: u16, series: &str, value: f64, secs: u64) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            ctl.assert_running();
-            if metric(port, series) == Some(value) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{series} never {value} (now {:?}):\n{}",
-                metric(port, series),
-                ctl.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        ctl.wait_for(
+            Duration::from_secs(secs),
+            || format!("{series} never {value} (now {:?})", metric(port, series)),
+            async || metric(port, series) == Some(value),
+        )
+        .await;
     }
     until(&mut ctl, port, "fanout_ready", 1.0, 20).await;
     assert_eq!(metric(port, "fanout_ceiling"), Some(20.0));
@@ -1041,19 +1047,23 @@ async fn sighup_with_the_config_in_the_environment_changes_nothing() {
         .spawn()
         .expect("cannot start fanout run");
     let mut ctl = Controller { child, log };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while metric(env.http_port, "fanout_ready") != Some(1.0) {
-        ctl.assert_running();
-        assert!(Instant::now() < deadline, "never ready:\n{}", ctl.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ctl.wait_for(
+        Duration::from_secs(20),
+        || "never ready".into(),
+        async || metric(env.http_port, "fanout_ready") == Some(1.0),
+    )
+    .await;
     ctl.signal("-HUP");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !ctl.log().contains("the config comes from the environment") {
-        ctl.assert_running();
-        assert!(Instant::now() < deadline, "no SIGHUP line:\n{}", ctl.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let log_path = ctl.log.clone();
+    ctl.wait_for(
+        Duration::from_secs(5),
+        || "no SIGHUP line".into(),
+        async || {
+            std::fs::read_to_string(&log_path)
+                .is_ok_and(|l| l.contains("the config comes from the environment"))
+        },
+    )
+    .await;
     ctl.assert_running();
     let applied = "fanout_config_reloads_total{result=\"applied\"}";
     assert_eq!(metric(env.http_port, applied), Some(0.0));

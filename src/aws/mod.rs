@@ -113,25 +113,23 @@ pub fn classify_code(
     message: String,
 ) -> PortError {
     if status == 429 || THROTTLE_CODES.contains(&code.as_str()) {
-        PortError::Throttled { service, code }
-    } else if status >= 500 {
+        return PortError::Throttled { service, code };
+    }
+    let code = if code.is_empty() {
+        format!("HTTP{status}")
+    } else {
+        code
+    };
+    if status >= 500 {
         PortError::Transient {
             service,
-            code: if code.is_empty() {
-                format!("HTTP{status}")
-            } else {
-                code
-            },
+            code,
             message,
         }
     } else {
         PortError::Permanent {
             service,
-            code: if code.is_empty() {
-                format!("HTTP{status}")
-            } else {
-                code
-            },
+            code,
             message,
         }
     }
