@@ -1031,7 +1031,9 @@ async fn sleep_unless(d: Duration, shutdown: &watch::Receiver<bool>) {
     if *s.borrow() {
         return;
     }
+    // biased: the simulator must not depend on tokio's random branch order.
     tokio::select! {
+        biased;
         _ = tokio::time::sleep(d) => {}
         _ = s.wait_for(|v| *v) => {}
     }

@@ -82,12 +82,15 @@ impl Ledger {
         grace: Secs,
     ) -> ReconcileOutcome {
         let cutoff = listed_at - grace;
-        let done: Vec<(String, Secs)> = self
+        let mut done: Vec<(String, Secs)> = self
             .entries
             .iter()
             .filter(|(name, e)| e.started_at < cutoff && !running.contains(*name))
             .map(|(name, e)| (name.clone(), e.started_at))
             .collect();
+        // Hash order differs from run to run; the lifetimes kept (the last
+        // DURATIONS_KEPT) and their sum must not.
+        done.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
         for (name, started_at) in &done {
             self.entries.remove(name);
             self.record(listed_at - started_at);

@@ -116,7 +116,10 @@ pub async fn simulate(opts: SimOptions) -> Result<(Report, Timeline), Controller
             )?;
             let mut run = Box::pin(ctl.run(rx));
             let crash_at = next_crash.map(|c| c.0);
+            // biased: a random branch order would let the controller take
+            // one more step before a crash in some runs and not in others.
             let outcome = tokio::select! {
+                biased;
                 _ = &mut run => Until::Finished,
                 u = watch_world(&shared, &bar, crash_at, limit) => u,
             };
@@ -152,6 +155,7 @@ pub async fn simulate(opts: SimOptions) -> Result<(Report, Timeline), Controller
         };
         let mut rx = replica_rx.clone();
         tokio::select! {
+            biased;
             _ = tokio::time::sleep(Duration::from_secs_f64(at)) => {}
             _ = rx.wait_for(|v| *v) => return 0,
         }
