@@ -23,6 +23,7 @@ use crate::control::estimator::{Estimator, SampleUse};
 use crate::control::ledger::{Ledger, Secs};
 use crate::control::naming::{Namer, TemplateError, Unstartable};
 use crate::control::pacing::{Backoff, Pacer};
+use crate::metrics::{Counter, Gauge};
 use crate::ports::{
     ConcurrencyMetrics, Executions, Message, MetricsSink, OutgoingMessage, PortError, StartOutcome,
     WorkQueue,
@@ -72,6 +73,25 @@ pub struct RunSummary {
     pub requeued: u64,
     pub start_throttles: u64,
     pub reconciles: u64,
+}
+
+impl RunSummary {
+    /// Add `n` to the field that keeps `c`; the summary keeps only the
+    /// counters a run is judged by.
+    fn add(&mut self, c: Counter, n: u64) {
+        let field = match c {
+            Counter::Starts => &mut self.started,
+            Counter::AlreadyExisted => &mut self.already_existed,
+            Counter::Deletes => &mut self.deleted,
+            Counter::DeadLettered => &mut self.dead_lettered,
+            Counter::Released => &mut self.released,
+            Counter::Requeued => &mut self.requeued,
+            Counter::StartThrottles => &mut self.start_throttles,
+            Counter::Reconciles => &mut self.reconciles,
+            _ => return,
+        };
+        *field += n;
+    }
 }
 
 /// A view of the controller's state, published after every decision.
@@ -236,6 +256,18 @@ where
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Count a fact once: in this life's summary and in the metrics sink.
+    fn tally(&self, c: Counter, n: u64) {
+        let mut st = self.state();
+        self.tally_in(&mut st, c, n);
+    }
+
+    /// `tally` with the state already locked.
+    fn tally_in(&self, st: &mut State, c: Counter, n: u64) {
+        st.summary.add(c, n);
+        self.b.sink.count(c, n);
+    }
+
     /// Run until `shutdown` turns true, then hand back what is in hand.
     pub async fn run(&self, shutdown: watch::Receiver<bool>) -> RunSummary {
         let cfg = self.cfg();
@@ -280,11 +312,11 @@ where
         };
         self.snapshot.send_replace(snap);
         let s = &self.b.sink;
-        s.gauge("running_executions", snap.running as f64);
-        s.gauge("budget", budget as f64);
-        s.gauge("target_running", target as f64);
-        s.gauge("lambdas_per_execution", snap.k);
-        s.gauge("in_hand", snap.in_hand as f64);
+        s.gauge(Gauge::RunningExecutions, snap.running as f64);
+        s.gauge(Gauge::Budget, budget as f64);
+        s.gauge(Gauge::TargetRunning, target as f64);
+        s.gauge(Gauge::LambdasPerExecution, snap.k);
+        s.gauge(Gauge::InHand, snap.in_hand as f64);
     }
 
     fn paused(&self) -> bool {
@@ -510,7 +542,7 @@ where
             }
             Err(e) => {
                 warn!(queue = %self.b.sources[src].name, error = %e, "receive failed");
-                self.b.sink.count("receive_errors", 1);
+                self.tally(Counter::ReceiveErrors, 1);
             }
         }
     }
@@ -557,8 +589,10 @@ where
                     let mut st = self.state();
                     st.ledger.started(&name, now);
                     match outcome {
-                        StartOutcome::Started => st.summary.started += 1,
-                        StartOutcome::AlreadyExists => st.summary.already_existed += 1,
+                        StartOutcome::Started => self.tally_in(&mut st, Counter::Starts, 1),
+                        StartOutcome::AlreadyExists => {
+                            self.tally_in(&mut st, Counter::AlreadyExisted, 1);
+                        }
                     }
                     return Fate::Delete;
                 }
@@ -568,7 +602,7 @@ where
                     // never dead-letter the queue for it.
                     warn!(message_id = %m.id, execution = %name, error = %e,
                         "StartExecution refused; message handed back, check aws.state_machine_arn and the task role");
-                    self.b.sink.count("start_errors_permanent", 1);
+                    self.tally(Counter::StartErrorsPermanent, 1);
                     // Stop receiving for a while: otherwise every message
                     // would be received and handed back until the redrive
                     // policy dead-letters the whole backlog.
@@ -577,10 +611,9 @@ where
                 }
                 Err(e) => {
                     if matches!(e, PortError::Throttled { .. }) {
-                        self.state().summary.start_throttles += 1;
-                        self.b.sink.count("start_throttles", 1);
+                        self.tally(Counter::StartThrottles, 1);
                     } else {
-                        self.b.sink.count("start_errors_transient", 1);
+                        self.tally(Counter::StartErrorsTransient, 1);
                     }
                     debug!(message_id = %m.id, error = %e, "start failed, retrying");
                     if *shutdown.borrow()
@@ -657,8 +690,8 @@ where
         }
         let mut st = self.state();
         st.in_hand = st.in_hand.saturating_sub(total);
-        st.summary.released += sum.released;
-        st.summary.requeued += sum.requeued;
+        self.tally_in(&mut st, Counter::Released, sum.released);
+        self.tally_in(&mut st, Counter::Requeued, sum.requeued);
     }
 
     /// Delete the started messages waiting in whole batches of ten, and a
@@ -690,8 +723,7 @@ where
         };
         for (src, receipts) in batches {
             let deleted = self.delete_all(src, &receipts).await;
-            self.state().summary.deleted += deleted;
-            self.b.sink.count("deletes", deleted);
+            self.tally(Counter::Deletes, deleted);
         }
     }
 
@@ -723,8 +755,7 @@ where
             }
         };
         let moved = items.len() - failed.len();
-        self.state().summary.dead_lettered += moved as u64;
-        self.b.sink.count("dead_lettered", moved as u64);
+        self.tally(Counter::DeadLettered, moved as u64);
         items
             .iter()
             .enumerate()
@@ -765,7 +796,7 @@ where
             if !pending.is_empty() {
                 warn!(queue = %self.b.sources[src].name, count = pending.len(),
                     "delete failed; the messages will be redelivered and recognised as started");
-                self.b.sink.count("delete_failures", pending.len() as u64);
+                self.tally(Counter::DeleteFailures, pending.len() as u64);
             }
             deleted
         });
@@ -827,7 +858,7 @@ where
                 Some(names) => {
                     let mut st = self.state();
                     let out = st.ledger.reconcile(&names, listed_at, grace);
-                    st.summary.reconciles += 1;
+                    self.tally_in(&mut st, Counter::Reconciles, 1);
                     if !st.ready {
                         info!(running = names.len(), "first reconcile done; ready");
                     }
@@ -837,9 +868,8 @@ where
                         foreign = out.foreign,
                         "reconciled"
                     );
-                    self.b.sink.count("reconciles", 1);
                 }
-                None => self.b.sink.count("reconcile_failures", 1),
+                None => self.tally(Counter::ReconcileFailures, 1),
             }
             sleep_unless(interval, &shutdown).await;
         }
@@ -913,7 +943,7 @@ where
                                     ramp_per_s = st.admission.ramp_rate_now(),
                                     "Lambda throttled the pipeline; holding the ramp and slowing it"
                                 );
-                                self.b.sink.count("lambda_throttled_minutes", 1);
+                                self.tally_in(&mut st, Counter::LambdaThrottledMinutes, 1);
                             }
                             _ if s.throttles == Some(0.0) => st.admission.clean_minute(),
                             _ => {}
@@ -929,7 +959,7 @@ where
                 }
                 Err(e) => {
                     debug!(error = %e, "concurrency metric unavailable; holding the estimate");
-                    self.b.sink.count("metric_errors", 1);
+                    self.tally(Counter::MetricErrors, 1);
                 }
             }
             let worth = cfg
@@ -941,7 +971,7 @@ where
                     Ok(()) => debug!(k, "lambdas per execution remembered with the state machine"),
                     Err(e) => {
                         warn!(error = %e, k, "cannot remember lambdas per execution with the state machine (states:TagResource); the next start begins at the maximum");
-                        self.b.sink.count("remember_errors", 1);
+                        self.tally(Counter::RememberErrors, 1);
                     }
                 }
             }
@@ -965,7 +995,7 @@ where
             ),
             Err(e) => {
                 warn!(error = %e, "cannot read the remembered lambdas per execution (states:ListTagsForResource); starting at the maximum");
-                self.b.sink.count("remember_errors", 1);
+                self.tally(Counter::RememberErrors, 1);
             }
         }
     }

@@ -23,6 +23,7 @@ pub mod control;
 pub mod controller;
 pub mod enqueue;
 pub mod healthcheck;
+pub mod metrics;
 pub mod ports;
 pub mod reload;
 pub mod run;

@@ -5,6 +5,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::metrics::{Counter, Gauge};
+
 /// How a backend call failed, as the controller needs to react to it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PortError {
@@ -169,8 +171,10 @@ pub trait ConcurrencyMetrics: Send + Sync {
 
 /// Where the controller reports its own gauges and counters.
 pub trait MetricsSink: Send + Sync {
-    fn gauge(&self, name: &'static str, value: f64);
-    fn count(&self, name: &'static str, value: u64);
+    /// Set a gauge.
+    fn gauge(&self, gauge: Gauge, value: f64);
+    /// Add to a counter.
+    fn count(&self, counter: Counter, n: u64);
 }
 
 /// A sink that drops everything.
@@ -178,6 +182,6 @@ pub trait MetricsSink: Send + Sync {
 pub struct NoMetrics;
 
 impl MetricsSink for NoMetrics {
-    fn gauge(&self, _: &'static str, _: f64) {}
-    fn count(&self, _: &'static str, _: u64) {}
+    fn gauge(&self, _: Gauge, _: f64) {}
+    fn count(&self, _: Counter, _: u64) {}
 }

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use crate::controller::Snapshot;
+use crate::metrics::{Counter, Gauge};
 use crate::ports::MetricsSink;
 
 /// `/healthz` fails when the admission snapshot is older than this: the
@@ -49,24 +50,11 @@ pub fn init_json_logs() {
         .init();
 }
 
-/// The controller's counters (see `Controller`'s `MetricsSink` calls).
-const COUNTERS: [&str; 10] = [
-    "deletes",
-    "dead_lettered",
-    "start_throttles",
-    "start_errors_transient",
-    "start_errors_permanent",
-    "receive_errors",
-    "delete_failures",
-    "reconciles",
-    "reconcile_failures",
-    "metric_errors",
-];
-
 #[derive(Default)]
 struct Inner {
-    gauges: BTreeMap<&'static str, f64>,
-    counters: BTreeMap<&'static str, u64>,
+    gauges: [f64; Gauge::ALL.len()],
+    /// Present from the start, so rate() and alerts see a 0, not a gap.
+    counters: [u64; Counter::ALL.len()],
     /// (queue, state) → messages.
     depths: BTreeMap<(String, &'static str), u64>,
     snapshot: Snapshot,
@@ -89,10 +77,6 @@ pub struct Telemetry {
 impl Telemetry {
     pub fn new(ceiling: u32) -> Telemetry {
         let mut inner = Inner::default();
-        // Present from the start, so rate() and alerts see a 0, not a gap.
-        for name in COUNTERS {
-            inner.counters.insert(name, 0);
-        }
         for r in RELOAD_RESULTS {
             inner.reloads.insert(r, 0);
         }
@@ -144,21 +128,25 @@ impl Telemetry {
     /// Every gauge and counter as (name, value), for PutMetricData.
     pub fn values(&self) -> Vec<(String, f64)> {
         let i = self.lock();
-        let mut out: Vec<(String, f64)> =
-            i.gauges.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        out.extend(i.counters.iter().map(|(k, v)| (k.to_string(), *v as f64)));
-        out.push(("ceiling".into(), i.ceiling as f64));
+        let mut out: Vec<(String, f64)> = Gauge::ALL
+            .iter()
+            .map(|g| (g.name().to_string(), i.gauges[g.index()]))
+            .collect();
+        out.extend(
+            Counter::ALL
+                .iter()
+                .map(|c| (c.name().to_string(), i.counters[c.index()] as f64)),
+        );
+        out.push(("ceiling".into(), f64::from(i.ceiling)));
         for (r, n) in &i.reloads {
             out.push((format!("config_reloads_{r}"), *n as f64));
         }
-        out.push(("started".into(), i.snapshot.summary.started as f64));
         out
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let i = self.lock();
-        let s = &i.snapshot;
         let mut out = String::new();
         let mut gauge = |name: &str, help: &str, v: f64| {
             let _ = writeln!(
@@ -166,87 +154,26 @@ impl Telemetry {
                 "# HELP fanout_{name} {help}\n# TYPE fanout_{name} gauge\nfanout_{name} {v}"
             );
         };
-        gauge(
-            "running_executions",
-            "Executions running (ours and others), as of the last decision.",
-            s.running as f64,
-        );
-        gauge(
-            "in_hand",
-            "Messages received and not yet settled.",
-            s.in_hand as f64,
-        );
-        gauge(
-            "budget",
-            "Messages admission may receive now.",
-            s.budget as f64,
-        );
-        gauge(
-            "target_running",
-            "Running executions the ceiling allows.",
-            s.target as f64,
-        );
-        gauge(
-            "lambdas_per_execution",
-            "Learned Lambda concurrency per execution (k).",
-            s.k,
-        );
+        for g in Gauge::ALL {
+            gauge(g.name(), g.help(), i.gauges[g.index()]);
+        }
         gauge(
             "ceiling",
             "Configured Lambda concurrency ceiling (as of the last config reload).",
-            i.ceiling as f64,
+            f64::from(i.ceiling),
         );
         gauge(
             "ready",
             "1 once the first reconcile succeeded.",
-            u8::from(s.ready) as f64,
+            f64::from(u8::from(i.snapshot.ready)),
         );
-        for (name, v) in &i.gauges {
-            if !matches!(
-                *name,
-                "running_executions"
-                    | "budget"
-                    | "target_running"
-                    | "lambdas_per_execution"
-                    | "in_hand"
-            ) {
-                gauge(name, "Controller gauge.", *v);
-            }
-        }
-        let mut counter = |name: &str, help: &str, v: u64| {
+        for c in Counter::ALL {
+            let (name, v) = (c.name(), i.counters[c.index()]);
             let _ = writeln!(
                 out,
-                "# HELP fanout_{name}_total {help}\n# TYPE fanout_{name}_total counter\nfanout_{name}_total {v}"
+                "# HELP fanout_{name}_total {}\n# TYPE fanout_{name}_total counter\nfanout_{name}_total {v}",
+                c.help()
             );
-        };
-        let sum = &s.summary;
-        counter("starts", "Executions started.", sum.started);
-        counter(
-            "already_existed",
-            "Starts answered ExecutionAlreadyExists.",
-            sum.already_existed,
-        );
-        counter(
-            "released",
-            "Messages handed back to their queue.",
-            sum.released,
-        );
-        counter(
-            "requeued",
-            "Messages handed back with a delay.",
-            sum.requeued,
-        );
-        for (name, v) in &i.counters {
-            let help = match *name {
-                "deletes" => "Messages deleted after their start was confirmed.",
-                "start_throttles" => "StartExecution calls throttled.",
-                "dead_lettered" => "Unstartable messages moved to a DLQ.",
-                n if n.ends_with("errors") || n.contains("errors_") || n.ends_with("failures") => {
-                    "Errors of this kind."
-                }
-                _ => "Controller counter.",
-            };
-            counter(name, help, *v);
         }
         out.push_str("# HELP fanout_config_reloads_total Config reloads (SIGHUP, file change) by result.\n# TYPE fanout_config_reloads_total counter\n");
         for (r, n) in &i.reloads {
@@ -266,11 +193,11 @@ impl Telemetry {
 }
 
 impl MetricsSink for Telemetry {
-    fn gauge(&self, name: &'static str, value: f64) {
-        self.lock().gauges.insert(name, value);
+    fn gauge(&self, gauge: Gauge, value: f64) {
+        self.lock().gauges[gauge.index()] = value;
     }
-    fn count(&self, name: &'static str, value: u64) {
-        *self.lock().counters.entry(name).or_insert(0) += value;
+    fn count(&self, counter: Counter, n: u64) {
+        self.lock().counters[counter.index()] += n;
     }
 }
 
@@ -340,8 +267,8 @@ mod tests {
     #[test]
     fn render_has_the_core_series() {
         let t = Telemetry::new(20);
-        t.count("deletes", 3);
-        t.count("start_throttles", 1);
+        t.count(Counter::Deletes, 3);
+        t.count(Counter::StartThrottles, 1);
         t.set_depth("bulk", "visible", 7);
         t.reloaded(false);
         let text = t.render();
@@ -365,5 +292,46 @@ mod tests {
             text.contains("fanout_config_reloads_total{result=\"applied\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn every_metric_is_exported_from_the_start_with_its_help() {
+        let t = Telemetry::new(20);
+        let text = t.render();
+        for g in Gauge::ALL {
+            let n = g.name();
+            assert!(
+                text.contains(&format!("# HELP fanout_{n} {}\n", g.help())),
+                "{n}"
+            );
+            assert!(
+                text.contains(&format!("# TYPE fanout_{n} gauge\nfanout_{n} 0\n")),
+                "{n}"
+            );
+        }
+        for c in Counter::ALL {
+            let n = c.name();
+            assert!(
+                text.contains(&format!("# HELP fanout_{n}_total {}\n", c.help())),
+                "{n}"
+            );
+            assert!(
+                text.contains(&format!(
+                    "# TYPE fanout_{n}_total counter\nfanout_{n}_total 0\n"
+                )),
+                "{n}"
+            );
+        }
+        let published: Vec<String> = t.values().into_iter().map(|(n, _)| n).collect();
+        for n in Gauge::ALL
+            .iter()
+            .map(|g| g.name())
+            .chain(Counter::ALL.iter().map(|c| c.name()))
+        {
+            assert!(
+                published.iter().any(|p| p == n),
+                "{n} not published to CloudWatch"
+            );
+        }
     }
 }

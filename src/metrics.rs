@@ -1,0 +1,200 @@
+//! The controller's own metrics, typed: every gauge and counter it reports
+//! has one variant here with its exported name and help text. The
+//! controller reports them through `ports::MetricsSink`; `/metrics` and
+//! PutMetricData render from these lists, so a metric is named once.
+
+/// A value the controller sets after each admission decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Gauge {
+    /// Executions running, ours and others'.
+    RunningExecutions,
+    /// Messages received and not yet settled.
+    InHand,
+    /// Messages admission may receive now.
+    Budget,
+    /// Running executions the ceiling allows.
+    TargetRunning,
+    /// The learned Lambda concurrency per execution (k̂).
+    LambdasPerExecution,
+}
+
+impl Gauge {
+    /// Every gauge, in the order they are rendered.
+    pub const ALL: [Gauge; 5] = [
+        Gauge::RunningExecutions,
+        Gauge::InHand,
+        Gauge::Budget,
+        Gauge::TargetRunning,
+        Gauge::LambdasPerExecution,
+    ];
+
+    /// The exported name, without the `fanout_` prefix.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Gauge::RunningExecutions => "running_executions",
+            Gauge::InHand => "in_hand",
+            Gauge::Budget => "budget",
+            Gauge::TargetRunning => "target_running",
+            Gauge::LambdasPerExecution => "lambdas_per_execution",
+        }
+    }
+
+    /// The Prometheus help text.
+    pub const fn help(self) -> &'static str {
+        match self {
+            Gauge::RunningExecutions => {
+                "Executions running (ours and others), as of the last decision."
+            }
+            Gauge::InHand => "Messages received and not yet settled.",
+            Gauge::Budget => "Messages admission may receive now.",
+            Gauge::TargetRunning => "Running executions the ceiling allows.",
+            Gauge::LambdasPerExecution => "Learned Lambda concurrency per execution (k).",
+        }
+    }
+
+    /// Position in `ALL`, for array-backed storage.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Something the controller counts, once, where it happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Counter {
+    /// Executions started.
+    Starts,
+    /// Starts answered ExecutionAlreadyExists.
+    AlreadyExisted,
+    /// Messages deleted after their start was confirmed.
+    Deletes,
+    /// Unstartable messages moved to a DLQ.
+    DeadLettered,
+    /// Messages handed back to their queue at once.
+    Released,
+    /// Messages handed back with a delay.
+    Requeued,
+    /// StartExecution calls throttled.
+    StartThrottles,
+    /// StartExecution calls that failed and will be retried.
+    StartErrorsTransient,
+    /// StartExecution calls refused for good.
+    StartErrorsPermanent,
+    /// ReceiveMessage calls that failed.
+    ReceiveErrors,
+    /// Messages whose delete failed after retries.
+    DeleteFailures,
+    /// Full ListExecutions passes completed.
+    Reconciles,
+    /// ListExecutions passes abandoned.
+    ReconcileFailures,
+    /// CloudWatch reads that failed.
+    MetricErrors,
+    /// CloudWatch minutes in which Lambda throttled the pipeline.
+    LambdaThrottledMinutes,
+    /// Failed reads or writes of the k̂ remembered with the state machine.
+    RememberErrors,
+}
+
+impl Counter {
+    /// Every counter, in the order they are rendered.
+    pub const ALL: [Counter; 16] = [
+        Counter::Starts,
+        Counter::AlreadyExisted,
+        Counter::Deletes,
+        Counter::DeadLettered,
+        Counter::Released,
+        Counter::Requeued,
+        Counter::StartThrottles,
+        Counter::StartErrorsTransient,
+        Counter::StartErrorsPermanent,
+        Counter::ReceiveErrors,
+        Counter::DeleteFailures,
+        Counter::Reconciles,
+        Counter::ReconcileFailures,
+        Counter::MetricErrors,
+        Counter::LambdaThrottledMinutes,
+        Counter::RememberErrors,
+    ];
+
+    /// The exported name, without the `fanout_` prefix and `_total` suffix.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Starts => "starts",
+            Counter::AlreadyExisted => "already_existed",
+            Counter::Deletes => "deletes",
+            Counter::DeadLettered => "dead_lettered",
+            Counter::Released => "released",
+            Counter::Requeued => "requeued",
+            Counter::StartThrottles => "start_throttles",
+            Counter::StartErrorsTransient => "start_errors_transient",
+            Counter::StartErrorsPermanent => "start_errors_permanent",
+            Counter::ReceiveErrors => "receive_errors",
+            Counter::DeleteFailures => "delete_failures",
+            Counter::Reconciles => "reconciles",
+            Counter::ReconcileFailures => "reconcile_failures",
+            Counter::MetricErrors => "metric_errors",
+            Counter::LambdaThrottledMinutes => "lambda_throttled_minutes",
+            Counter::RememberErrors => "remember_errors",
+        }
+    }
+
+    /// The Prometheus help text.
+    pub const fn help(self) -> &'static str {
+        match self {
+            Counter::Starts => "Executions started.",
+            Counter::AlreadyExisted => "Starts answered ExecutionAlreadyExists.",
+            Counter::Deletes => "Messages deleted after their start was confirmed.",
+            Counter::DeadLettered => "Unstartable messages moved to a DLQ.",
+            Counter::Released => "Messages handed back to their queue.",
+            Counter::Requeued => "Messages handed back with a delay.",
+            Counter::StartThrottles => "StartExecution calls throttled.",
+            Counter::StartErrorsTransient => "StartExecution calls failed and retried.",
+            Counter::StartErrorsPermanent => {
+                "StartExecution calls refused for good (admission pauses)."
+            }
+            Counter::ReceiveErrors => "ReceiveMessage calls that failed.",
+            Counter::DeleteFailures => "Messages whose delete failed after retries.",
+            Counter::Reconciles => "Full ListExecutions passes completed.",
+            Counter::ReconcileFailures => "ListExecutions passes abandoned.",
+            Counter::MetricErrors => "CloudWatch reads that failed.",
+            Counter::LambdaThrottledMinutes => {
+                "CloudWatch minutes in which Lambda throttled the pipeline."
+            }
+            Counter::RememberErrors => {
+                "Failed reads or writes of the width remembered with the state machine."
+            }
+        }
+    }
+
+    /// Position in `ALL`, for array-backed storage.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn every_variant_is_listed_once_at_its_index_with_a_unique_name() {
+        for (i, g) in Gauge::ALL.iter().enumerate() {
+            assert_eq!(g.index(), i, "{g:?}");
+        }
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i, "{c:?}");
+        }
+        let names: BTreeSet<&str> = Gauge::ALL
+            .iter()
+            .map(|g| g.name())
+            .chain(Counter::ALL.iter().map(|c| c.name()))
+            .collect();
+        assert_eq!(names.len(), Gauge::ALL.len() + Counter::ALL.len());
+        assert!(
+            names
+                .iter()
+                .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        );
+    }
+}
