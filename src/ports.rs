@@ -1,6 +1,6 @@
 //! Ports: the narrow async interfaces the controller drives, in the project's
-//! own types. The AWS SDK adapters, the embedded simulator and test fakes
-//! implement them; nothing here names an SDK type.
+//! own types. The AWS SDK adapters, the embedded simulator and the scripted
+//! fake of the controller tests (`tests/support`) implement them; nothing here names an SDK type.
 
 use std::future::Future;
 use std::time::Duration;
