@@ -56,24 +56,31 @@ pub struct Inputs {
     /// room is shared in proportion, so two controllers during a deploy
     /// do not both fill the same gap.
     pub ours: usize,
+    /// Executions of others among `running`.
     pub foreign: usize,
+    /// Another controller is starting executions now.
     pub shared: bool,
 }
 
 /// Why the budget is what it is (exported as a metric and in logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
+    /// The target under the (effective) ceiling.
     Ceiling,
+    /// Lambda's scaling rate.
     Ramp,
+    /// Growth spread over an execution lifetime.
     Growth,
 }
 
+/// One admission decision.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Decision {
     /// Messages that may be received now.
     pub budget: usize,
     /// Running executions the controller is aiming at.
     pub target: usize,
+    /// Which limit set the budget.
     pub limit: Limit,
 }
 
@@ -139,10 +146,12 @@ impl Admission {
         self.ramp_rate_now = (self.ramp_rate_now + self.ramp_rate / 10.0).min(self.ramp_rate);
     }
 
+    /// The ramp rate in force (concurrency per second).
     pub fn ramp_rate_now(&self) -> f64 {
         self.ramp_rate_now
     }
 
+    /// Replace the ceiling, keeping everything else.
     pub fn set_ceiling(&mut self, ceiling: u32) {
         self.ceiling = f64::from(ceiling);
     }
@@ -173,6 +182,7 @@ impl Admission {
         (c * (1.0 - self.headroom)).max(0.0)
     }
 
+    /// How many messages may be received now.
     pub fn decide(&mut self, i: Inputs) -> Decision {
         let dt = self.last.map_or(0.0, |t| (i.now - t).max(0.0));
         self.last = Some(i.now);

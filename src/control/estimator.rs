@@ -138,6 +138,7 @@ impl Estimator {
         self.k
     }
 
+    /// Other load in the account (account minus pipeline), once seen.
     pub fn other_load(&self) -> Option<f64> {
         self.other_load
     }

@@ -91,10 +91,10 @@ where
                     }
                     let delay = backoff.next().unwrap_or(vis / 4);
                     // Keep the message hidden past the retry.
-                    if Instant::now() + delay + Duration::from_secs(5) > hidden_until {
-                        if let Some(until) = self.extend_visibility(src, m, vis).await {
-                            hidden_until = until;
-                        }
+                    if Instant::now() + delay + Duration::from_secs(5) > hidden_until
+                        && let Some(until) = self.extend_visibility(src, m, vis).await
+                    {
+                        hidden_until = until;
                     }
                     sleep_unless(delay, shutdown).await;
                 }
