@@ -17,7 +17,7 @@ use fanout::sim::{Scenario, SimOptions};
 fn decision(c: &mut Criterion) {
     let mut cfg = Config::default();
     cfg.controller.ceiling = 19_000;
-    let mut a = Admission::new(&cfg, Policy::Adaptive);
+    let mut a = Admission::new(Policy::Adaptive, &(&cfg).into());
     let mut t = 0.0;
     c.bench_function("admission decision", |b| {
         b.iter(|| {
@@ -63,7 +63,7 @@ fn decision(c: &mut Criterion) {
         b.iter(|| black_box(big.reconcile(&listed, 10.0, 30.0)))
     });
 
-    let mut e = Estimator::new(cfg.estimator.clone(), 3.0);
+    let mut e = Estimator::new((&cfg.estimator).into(), 3.0);
     let mut s = 0.0;
     c.bench_function("estimator observe + sample", |b| {
         b.iter(|| {

@@ -1,8 +1,41 @@
 //! Admission: how many more executions may start now. Plain arithmetic on
 //! the ledger's count, the estimate and time; no I/O, no clock.
 
-use crate::config::{Config, Policy};
+use crate::control::Policy;
 use crate::control::ledger::Secs;
+
+/// The numbers admission follows (the controller builds them from its
+/// config; a reload hands in new ones).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Params {
+    /// Lambda concurrency the pipeline may use.
+    pub ceiling: u32,
+    /// Account concurrency limit, when known: other load lowers the
+    /// effective ceiling under it.
+    pub account_limit: Option<u32>,
+    /// Fraction of the ceiling kept free for the metric's noise.
+    pub headroom_fraction: f64,
+    /// The most Lambdas one execution can run at once.
+    pub max_lambdas_per_execution: f64,
+    /// Concurrency the ramp may add per second.
+    pub ramp_concurrency_per_s: f64,
+    /// Concurrency the ramp allows at once above what is running.
+    pub ramp_initial: f64,
+    /// The fixed policy's cap of running executions, when set.
+    pub fixed_max_running: Option<u32>,
+    /// The seed policy's multiplier of running executions.
+    pub seed_multiplier: f64,
+}
+
+impl Params {
+    /// The fixed policy's cap: the configured one, else the largest cap
+    /// that can never exceed the ceiling.
+    pub fn fixed_cap(&self) -> u32 {
+        self.fixed_max_running.unwrap_or_else(|| {
+            ((self.ceiling as f64) / self.max_lambdas_per_execution).floor() as u32
+        })
+    }
+}
 
 /// Inputs of one admission decision.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -23,24 +56,31 @@ pub struct Inputs {
     /// room is shared in proportion, so two controllers during a deploy
     /// do not both fill the same gap.
     pub ours: usize,
+    /// Executions of others among `running`.
     pub foreign: usize,
+    /// Another controller is starting executions now.
     pub shared: bool,
 }
 
 /// Why the budget is what it is (exported as a metric and in logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
+    /// The target under the (effective) ceiling.
     Ceiling,
+    /// Lambda's scaling rate.
     Ramp,
+    /// Growth spread over an execution lifetime.
     Growth,
 }
 
+/// One admission decision.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Decision {
     /// Messages that may be received now.
     pub budget: usize,
     /// Running executions the controller is aiming at.
     pub target: usize,
+    /// Which limit set the budget.
     pub limit: Limit,
 }
 
@@ -73,8 +113,8 @@ pub struct Admission {
 }
 
 impl Admission {
-    pub fn new(cfg: &Config, policy: Policy) -> Admission {
-        let c = &cfg.controller;
+    /// Admission for `policy`, from a cold start.
+    pub fn new(policy: Policy, c: &Params) -> Admission {
         Admission {
             policy,
             ceiling: f64::from(c.ceiling),
@@ -84,8 +124,8 @@ impl Admission {
             ramp_rate: c.ramp_concurrency_per_s,
             ramp_rate_now: c.ramp_concurrency_per_s,
             ramp_initial: c.ramp_initial,
-            fixed_cap: cfg.fixed_cap() as usize,
-            seed_multiplier: cfg.seed.multiplier,
+            fixed_cap: c.fixed_cap() as usize,
+            seed_multiplier: c.seed_multiplier,
             ramp_cap: c.ramp_initial,
             allowed: c.ramp_initial / c.max_lambdas_per_execution,
             gap_ref: 0.0,
@@ -106,10 +146,12 @@ impl Admission {
         self.ramp_rate_now = (self.ramp_rate_now + self.ramp_rate / 10.0).min(self.ramp_rate);
     }
 
+    /// The ramp rate in force (concurrency per second).
     pub fn ramp_rate_now(&self) -> f64 {
         self.ramp_rate_now
     }
 
+    /// Replace the ceiling, keeping everything else.
     pub fn set_ceiling(&mut self, ceiling: u32) {
         self.ceiling = f64::from(ceiling);
     }
@@ -119,8 +161,7 @@ impl Admission {
     /// throttle slow-down (as a fraction of the rate) carry over. A lower
     /// ceiling lowers the target at once: nothing is admitted until the
     /// running count is under it (nothing is cancelled).
-    pub fn reconfigure(&mut self, cfg: &Config) {
-        let c = &cfg.controller;
+    pub fn reconfigure(&mut self, c: &Params) {
         let slowed = (self.ramp_rate_now / self.ramp_rate).clamp(0.0, 1.0);
         self.ceiling = f64::from(c.ceiling);
         self.account_limit = c.account_limit.map(f64::from);
@@ -128,8 +169,8 @@ impl Admission {
         self.ramp_rate = c.ramp_concurrency_per_s;
         self.ramp_rate_now = c.ramp_concurrency_per_s * slowed;
         self.ramp_initial = c.ramp_initial;
-        self.fixed_cap = cfg.fixed_cap() as usize;
-        self.seed_multiplier = cfg.seed.multiplier;
+        self.fixed_cap = c.fixed_cap() as usize;
+        self.seed_multiplier = c.seed_multiplier;
     }
 
     /// The ceiling after other load in the account is taken out.
@@ -141,6 +182,7 @@ impl Admission {
         (c * (1.0 - self.headroom)).max(0.0)
     }
 
+    /// How many messages may be received now.
     pub fn decide(&mut self, i: Inputs) -> Decision {
         let dt = self.last.map_or(0.0, |t| (i.now - t).max(0.0));
         self.last = Some(i.now);
@@ -233,11 +275,17 @@ impl Admission {
 mod tests {
     use super::*;
 
-    fn cfg(ceiling: u32) -> Config {
-        let mut c = Config::default();
-        c.controller.ceiling = ceiling;
-        c.controller.headroom_fraction = 0.0;
-        c
+    fn cfg(ceiling: u32) -> Params {
+        Params {
+            ceiling,
+            account_limit: None,
+            headroom_fraction: 0.0,
+            max_lambdas_per_execution: 3.0,
+            ramp_concurrency_per_s: 100.0,
+            ramp_initial: 1000.0,
+            fixed_max_running: None,
+            seed_multiplier: 3.0,
+        }
     }
 
     fn inputs(now: Secs, running: usize, k: f64) -> Inputs {
@@ -256,7 +304,7 @@ mod tests {
 
     #[test]
     fn fixed_fills_to_its_cap_and_counts_messages_in_hand() {
-        let mut a = Admission::new(&cfg(19_000), Policy::Fixed);
+        let mut a = Admission::new(Policy::Fixed, &cfg(19_000));
         let d = a.decide(Inputs {
             in_hand: 33,
             ..inputs(0.0, 6000, 3.0)
@@ -266,7 +314,7 @@ mod tests {
 
     #[test]
     fn seed_admits_one_while_running_times_three_leaves_room() {
-        let mut a = Admission::new(&cfg(19_000), Policy::Seed);
+        let mut a = Admission::new(Policy::Seed, &cfg(19_000));
         let busy = Inputs {
             in_hand: 50,
             ..inputs(0.0, 6332, 3.0)
@@ -278,7 +326,7 @@ mod tests {
 
     #[test]
     fn adaptive_ramp_respects_lambda_scaling() {
-        let mut a = Admission::new(&cfg(19_000), Policy::Adaptive);
+        let mut a = Admission::new(Policy::Adaptive, &cfg(19_000));
         // At t=0 only the initial burst: 1000 concurrency / 3 per execution.
         let d = a.decide(inputs(0.0, 0, 3.0));
         assert_eq!(d.budget, 333);
@@ -290,7 +338,7 @@ mod tests {
 
     #[test]
     fn adaptive_never_plans_above_the_ceiling() {
-        let mut a = Admission::new(&cfg(19_000), Policy::Adaptive);
+        let mut a = Admission::new(Policy::Adaptive, &cfg(19_000));
         let mut running = 0usize;
         for s in 0..3600 {
             let d = a.decide(inputs(s as f64, running, 1.9));
@@ -302,7 +350,7 @@ mod tests {
 
     #[test]
     fn adaptive_spreads_growth_over_a_lifetime() {
-        let mut a = Admission::new(&cfg(19_000), Policy::Adaptive);
+        let mut a = Admission::new(Policy::Adaptive, &cfg(19_000));
         // Warm: running near target with k = 3.
         for s in 0..=400 {
             a.decide(inputs(s as f64, 6333, 3.0));
@@ -321,7 +369,7 @@ mod tests {
 
     #[test]
     fn two_controllers_share_the_free_room() {
-        let mut a = Admission::new(&cfg(1_000), Policy::Fixed);
+        let mut a = Admission::new(Policy::Fixed, &cfg(1_000));
         let alone = a.decide(inputs(0.0, 200, 3.0)).budget;
         let shared = a
             .decide(Inputs {
@@ -345,7 +393,7 @@ mod tests {
 
     #[test]
     fn a_lowered_ceiling_stops_admission_at_once_and_a_raised_one_grows() {
-        let mut a = Admission::new(&cfg(300), Policy::Adaptive);
+        let mut a = Admission::new(Policy::Adaptive, &cfg(300));
         let mut running = 0usize;
         for s in 0..120 {
             running += a.decide(inputs(s as f64, running, 3.0)).budget;
@@ -366,8 +414,8 @@ mod tests {
     #[test]
     fn other_load_lowers_the_ceiling_when_the_account_limit_is_known() {
         let mut c = cfg(19_000);
-        c.controller.account_limit = Some(20_000);
-        let a = Admission::new(&c, Policy::Adaptive);
+        c.account_limit = Some(20_000);
+        let a = Admission::new(Policy::Adaptive, &c);
         assert_eq!(a.effective_ceiling(Some(500.0)), 19_000.0);
         assert_eq!(a.effective_ceiling(Some(2500.0)), 17_500.0);
         assert_eq!(a.effective_ceiling(None), 19_000.0);

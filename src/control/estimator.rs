@@ -11,8 +11,24 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::EstimatorConfig;
 use crate::ports::ConcurrencySample;
+
+/// The numbers the estimator follows (the controller builds them from its
+/// config; a reload hands in new ones).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Params {
+    /// Margin added to every measured Lambdas-per-execution ratio.
+    pub margin_fraction: f64,
+    /// Extra margin of noise_z / √(running executions).
+    pub noise_z: f64,
+    /// A minute counts for learning only if the running count stayed
+    /// within this fraction of its mean for an execution's lifetime.
+    pub stability_fraction: f64,
+    /// Lower bound of the estimate.
+    pub min_lambdas_per_execution: f64,
+    /// Where k̂ starts instead of the maximum, when set.
+    pub initial_lambdas_per_execution: Option<f64>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct MinuteStats {
@@ -44,9 +60,10 @@ pub enum SampleUse {
     Throttled(f64),
 }
 
+/// k̂ and what it is learned from.
 #[derive(Debug)]
 pub struct Estimator {
-    cfg: EstimatorConfig,
+    cfg: Params,
     k_max: f64,
     k: f64,
     minutes: BTreeMap<u64, MinuteStats>,
@@ -71,7 +88,8 @@ const STABLE_KEPT: usize = 3;
 const MIN_RUNNING: f64 = 20.0;
 
 impl Estimator {
-    pub fn new(cfg: EstimatorConfig, k_max: f64) -> Estimator {
+    /// An estimator starting at `k_max` (or the configured start).
+    pub fn new(cfg: Params, k_max: f64) -> Estimator {
         let prior = cfg.initial_lambdas_per_execution;
         Estimator {
             cfg,
@@ -120,13 +138,14 @@ impl Estimator {
         self.k
     }
 
+    /// Other load in the account (account minus pipeline), once seen.
     pub fn other_load(&self) -> Option<f64> {
         self.other_load
     }
 
     /// A reloaded config: new margins and bounds apply to the next sample;
     /// what was learned is kept.
-    pub fn set_config(&mut self, cfg: EstimatorConfig) {
+    pub fn set_config(&mut self, cfg: Params) {
         self.cfg = cfg;
     }
 
@@ -244,8 +263,18 @@ impl Estimator {
 mod tests {
     use super::*;
 
+    fn params() -> Params {
+        Params {
+            margin_fraction: 0.005,
+            noise_z: 1.0,
+            stability_fraction: 0.06,
+            min_lambdas_per_execution: 1.0,
+            initial_lambdas_per_execution: None,
+        }
+    }
+
     fn est() -> Estimator {
-        Estimator::new(EstimatorConfig::default(), 3.0)
+        Estimator::new(params(), 3.0)
     }
 
     fn sample(minute: u64, max: f64) -> ConcurrencySample {
@@ -285,7 +314,7 @@ mod tests {
         let mut e = est();
         run(&mut e, 0, 600, |_| 5000);
         let got = e.on_sample(&sample(5, 9500.0), Some(120.0));
-        let c = EstimatorConfig::default();
+        let c = params();
         let want = 1.9 * (1.0 + c.margin_fraction + c.noise_z / 5000f64.sqrt());
         assert!(
             matches!(got, SampleUse::Learned(k) if (k - want).abs() < 1e-9),
@@ -360,9 +389,9 @@ mod tests {
 
     #[test]
     fn the_config_value_wins_over_the_remembered_one() {
-        let cfg = EstimatorConfig {
+        let cfg = Params {
             initial_lambdas_per_execution: Some(2.5),
-            ..EstimatorConfig::default()
+            ..params()
         };
         let mut e = Estimator::new(cfg, 3.0);
         assert!(!e.start_from(1.2));

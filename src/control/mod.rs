@@ -1,9 +1,15 @@
 //! The decision logic: plain code with no I/O, no AWS types and no clock of
 //! its own. The controller feeds it times and counts; tests drive it
-//! directly.
+//! directly. Nothing here reads the config file: each rule takes its own
+//! parameters.
 
 pub mod budget;
 pub mod estimator;
 pub mod ledger;
+pub mod linger;
 pub mod naming;
 pub mod pacing;
+pub mod policy;
+pub mod receive;
+
+pub use policy::Policy;

@@ -1,6 +1,6 @@
 //! Pacing: a `governor` token bucket on the tokio clock (so paused-time
 //! tests and the simulator see the same pacing as production), and
-//! jittered exponential backoff as an iterator.
+//! exponential backoff as an iterator, jittered or exact.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -40,6 +40,7 @@ pub struct Pacer {
 }
 
 impl Pacer {
+    /// `per_second` tokens a second after a burst of `burst`.
     pub fn new(per_second: u32, burst: u32) -> Pacer {
         let clock = TokioClock::default();
         let quota = Quota::per_second(NonZeroU32::new(per_second.max(1)).expect("max(1)"))
@@ -63,23 +64,37 @@ impl Pacer {
     }
 }
 
-/// Exponential backoff with full jitter: each delay is uniform in
-/// [base/2, base], base doubling (by `multiplier`) up to `max`.
+/// Exponential backoff: base grows by `multiplier` up to `max`. Jittered
+/// (`new`), each delay is uniform in [base/2, base], so many retries of
+/// one throttle spread out; exact (`doubling`), each delay is the base.
 #[derive(Debug)]
 pub struct Backoff {
     next: Duration,
     max: Duration,
     multiplier: f64,
-    rng: StdRng,
+    /// None: no jitter.
+    rng: Option<StdRng>,
 }
 
 impl Backoff {
+    /// Jittered backoff, reproducible from `seed`.
     pub fn new(initial: Duration, max: Duration, multiplier: f64, seed: u64) -> Backoff {
         Backoff {
             next: initial,
             max,
             multiplier,
-            rng: StdRng::seed_from_u64(seed),
+            rng: Some(StdRng::seed_from_u64(seed)),
+        }
+    }
+
+    /// `initial`, then twice the last delay up to `max`, without jitter:
+    /// for retries few enough that they need no spreading.
+    pub fn doubling(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            next: initial,
+            max,
+            multiplier: 2.0,
+            rng: None,
         }
     }
 }
@@ -89,8 +104,13 @@ impl Iterator for Backoff {
     fn next(&mut self) -> Option<Duration> {
         let base = self.next;
         self.next = self.max.min(base.mul_f64(self.multiplier));
-        let f = self.rng.random_range(0.5..=1.0);
-        Some(base.mul_f64(f))
+        match &mut self.rng {
+            Some(rng) => {
+                let f = rng.random_range(0.5..=1.0);
+                Some(base.mul_f64(f))
+            }
+            None => Some(base),
+        }
     }
 }
 
@@ -121,5 +141,22 @@ mod tests {
                 .take(8)
                 .collect();
         assert_eq!(d, again, "seeded: reproducible");
+    }
+
+    #[test]
+    fn doubling_backoff_is_exact() {
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|&m| Duration::from_millis(m))
+                .collect::<Vec<_>>()
+        };
+        let d: Vec<_> = Backoff::doubling(Duration::from_millis(400), Duration::from_secs(1))
+            .take(3)
+            .collect();
+        assert_eq!(d, ms(&[400, 800, 1000]));
+        let d: Vec<_> = Backoff::doubling(Duration::from_secs(1), Duration::from_secs(8))
+            .take(5)
+            .collect();
+        assert_eq!(d, ms(&[1000, 2000, 4000, 8000, 8000]));
     }
 }

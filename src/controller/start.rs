@@ -1,0 +1,124 @@
+//! Starting one message: name it, StartExecution through the start pacer,
+//! retry throttles and transient errors with jittered backoff while
+//! keeping the message hidden, and decide its fate.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::settle::Fate;
+use super::{Controller, lock, sleep_unless};
+use crate::control::naming::short_hash;
+use crate::control::pacing::Backoff;
+use crate::metrics::Counter;
+use crate::ports::{
+    ConcurrencyMetrics, Executions, Message, MetricsSink, PortError, StartOutcome, WorkQueue,
+};
+
+/// How long admission stops after a permanent StartExecution error.
+pub(super) const PERMANENT_PAUSE: Duration = Duration::from_secs(60);
+
+impl<Q, E, M, S> Controller<Q, E, M, S>
+where
+    Q: WorkQueue,
+    E: Executions,
+    M: ConcurrencyMetrics,
+    S: MetricsSink,
+{
+    /// Name and start one message, retrying throttles and transient errors
+    /// while keeping the message hidden.
+    pub(super) async fn start_one(
+        &self,
+        src: usize,
+        m: &Message,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Fate {
+        let name = match self.namer.name(&m.id, &m.body) {
+            Ok(n) => n,
+            Err(why) => return Fate::DeadLetter(why),
+        };
+        let cfg = self.cfg();
+        let r = &cfg.retry;
+        let vis = cfg.controller.visibility();
+        let received = Instant::now();
+        let mut hidden_until = received + vis;
+        let mut backoff = Backoff::new(
+            Duration::from_millis(r.initial_ms),
+            Duration::from_millis(r.max_ms),
+            r.multiplier,
+            self.seed ^ u64::from_str_radix(&short_hash(&m.id), 16).unwrap_or(0),
+        );
+        loop {
+            let pacer = lock(&self.start_pacer).clone();
+            pacer.acquire().await;
+            match self.b.executions.start(&name, &m.body).await {
+                Ok(outcome) => {
+                    let now = self.now();
+                    let mut st = self.state();
+                    st.ledger.started(&name, now);
+                    match outcome {
+                        StartOutcome::Started => self.tally_in(&mut st, Counter::Starts, 1),
+                        StartOutcome::AlreadyExists => {
+                            self.tally_in(&mut st, Counter::AlreadyExisted, 1);
+                        }
+                    }
+                    return Fate::Delete;
+                }
+                Err(e @ PortError::Permanent { .. }) => {
+                    // Input is checked before starting, so a permanent
+                    // error here is systemic (permissions, a wrong ARN):
+                    // never dead-letter the queue for it.
+                    warn!(message_id = %m.id, execution = %name, error = %e,
+                        "StartExecution refused; message handed back, check aws.state_machine_arn and the task role");
+                    self.tally(Counter::StartErrorsPermanent, 1);
+                    // Stop receiving for a while: otherwise every message
+                    // would be received and handed back until the redrive
+                    // policy dead-letters the whole backlog.
+                    self.state().paused_until = self.now() + PERMANENT_PAUSE.as_secs_f64();
+                    return Fate::Requeue(PERMANENT_PAUSE);
+                }
+                Err(e) => {
+                    if matches!(e, PortError::Throttled { .. }) {
+                        self.tally(Counter::StartThrottles, 1);
+                    } else {
+                        self.tally(Counter::StartErrorsTransient, 1);
+                    }
+                    debug!(message_id = %m.id, error = %e, "start failed, retrying");
+                    if *shutdown.borrow()
+                        || received.elapsed() > Duration::from_secs(r.give_up_secs)
+                    {
+                        return Fate::Release;
+                    }
+                    let delay = backoff.next().unwrap_or(vis / 4);
+                    // Keep the message hidden past the retry.
+                    if Instant::now() + delay + Duration::from_secs(5) > hidden_until
+                        && let Some(until) = self.extend_visibility(src, m, vis).await
+                    {
+                        hidden_until = until;
+                    }
+                    sleep_unless(delay, shutdown).await;
+                }
+            }
+        }
+    }
+
+    /// Hide `m` for another `vis`; returns until when, if that worked.
+    async fn extend_visibility(&self, src: usize, m: &Message, vis: Duration) -> Option<Instant> {
+        let q = &self.b.sources[src].queue;
+        match q
+            .change_visibility_batch(std::slice::from_ref(&m.receipt), vis)
+            .await
+        {
+            Ok(f) if f.is_empty() => return Some(Instant::now() + vis),
+            Ok(f) => {
+                warn!(message_id = %m.id, error = %f[0].error, "could not extend visibility")
+            }
+            Err(e) => {
+                warn!(message_id = %m.id, error = %e, "could not extend visibility")
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,171 @@
+//! Single controller rules pinned against the scripted fake of the ports,
+//! with the tokio clock paused: delete only after start, a permanent error
+//! pauses admission, priority first.
+
+mod support;
+
+use std::time::Duration;
+
+use fanout::config::Config;
+use support::{Call, Fake, Logged, Reply, id_of, run_for};
+
+fn config() -> Config {
+    let mut c = Config::default();
+    c.controller.ceiling = 3000;
+    c
+}
+
+/// Index and time of every StartExecution of `name`.
+fn starts<'a>(log: &'a [Logged], name: &str) -> Vec<(usize, &'a Logged, Reply)> {
+    log.iter()
+        .enumerate()
+        .filter_map(|(i, l)| match &l.call {
+            Call::Start { name: n, reply } if n == name => Some((i, l, *reply)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Indexes of the DeleteMessageBatch calls naming a receipt of `id`.
+fn deletes_of(log: &[Logged], id: &str) -> Vec<usize> {
+    log.iter()
+        .enumerate()
+        .filter(|(_, l)| {
+            matches!(&l.call, Call::DeleteBatch { receipts, .. }
+                if receipts.iter().any(|r| id_of(r) == id))
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_is_deleted_only_after_its_start_succeeded() {
+    let fake = Fake::new();
+    fake.fill("work", "m", 1);
+    fake.script("m-0", &[Reply::Throttled, Reply::Throttled, Reply::Started]);
+    let summary = run_for(&fake, config(), &["work"], 30).await;
+    let log = fake.log();
+    let tries = starts(&log, "m-0");
+    let replies: Vec<Reply> = tries.iter().map(|t| t.2).collect();
+    assert_eq!(
+        replies,
+        [Reply::Throttled, Reply::Throttled, Reply::Started],
+        "{log:#?}"
+    );
+    let started_at = tries[2].0;
+    let deletes = deletes_of(&log, "m-0");
+    assert!(!deletes.is_empty(), "deleted once started: {log:#?}");
+    assert!(
+        deletes.iter().all(|&d| d > started_at),
+        "a DeleteMessageBatch came before the start succeeded: {log:#?}"
+    );
+    assert_eq!((summary.started, summary.deleted), (1, 1));
+    assert_eq!(fake.left("work"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_that_never_succeeds_is_released_never_deleted() {
+    let fake = Fake::new();
+    fake.fill("work", "m", 1);
+    fake.default_reply(Reply::Throttled);
+    let mut cfg = config();
+    cfg.retry.give_up_secs = 5;
+    let summary = run_for(&fake, cfg, &["work"], 60).await;
+    let log = fake.log();
+    assert!(starts(&log, "m-0").len() > 2, "{log:#?}");
+    assert!(
+        deletes_of(&log, "m-0").is_empty(),
+        "an unstarted message was deleted: {log:#?}"
+    );
+    let released = log.iter().any(|l| {
+        matches!(&l.call, Call::ChangeVisibility { receipts, visibility, .. }
+            if visibility.is_zero() && receipts.iter().any(|r| id_of(r) == "m-0"))
+    });
+    assert!(released, "handed back after give_up_secs: {log:#?}");
+    assert!(summary.released >= 1, "{summary:?}");
+    assert_eq!(fake.left("work"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_permanent_start_error_pauses_admission_for_a_minute() {
+    let fake = Fake::new();
+    fake.fill("priority", "p", 30);
+    fake.fill("bulk", "b", 30);
+    fake.default_reply(Reply::Permanent);
+    run_for(&fake, config(), &["priority", "bulk"], 150).await;
+    let log = fake.log();
+    let (first, refused) = log
+        .iter()
+        .enumerate()
+        .find(|(_, l)| {
+            matches!(
+                l.call,
+                Call::Start {
+                    reply: Reply::Permanent,
+                    ..
+                }
+            )
+        })
+        .expect("a start was refused");
+    let pause = Duration::from_secs(60);
+    for l in &log[first..] {
+        if let Call::Receive { queue, .. } = &l.call {
+            assert!(
+                l.at >= refused.at + pause,
+                "{queue} received {:?} after the refusal at {:?}",
+                l.at,
+                refused.at
+            );
+        }
+    }
+    assert!(
+        log[first..]
+            .iter()
+            .any(|l| matches!(l.call, Call::Receive { .. })),
+        "admission resumes after the pause: {log:#?}"
+    );
+    let Call::Start { name, .. } = &refused.call else {
+        unreachable!()
+    };
+    let handed_back = log[first..].iter().any(|l| {
+        matches!(&l.call, Call::ChangeVisibility { receipts, visibility, .. }
+            if *visibility == pause && receipts.iter().any(|r| id_of(r) == name))
+    });
+    assert!(handed_back, "{name} handed back for 60 s: {log:#?}");
+    assert!(deletes_of(&log, name).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_priority_queue_is_served_first_while_it_has_messages() {
+    let fake = Fake::new();
+    fake.fill("priority", "p", 200);
+    fake.fill("bulk", "b", 200);
+    let mut cfg = config();
+    // Two receives at once: the priority queue fills them while the step
+    // could take more, and bulk is still not asked.
+    cfg.controller.max_receives_in_flight = 2;
+    run_for(&fake, cfg, &["priority", "bulk"], 120).await;
+    let log = fake.log();
+    let receives: Vec<(&str, usize, usize)> = log
+        .iter()
+        .filter_map(|l| match &l.call {
+            Call::Receive { queue, max, got } => Some((queue.as_str(), *max, got.len())),
+            _ => None,
+        })
+        .collect();
+    let first_short = receives
+        .iter()
+        .position(|&(q, max, got)| q == "priority" && got < max)
+        .expect("the priority queue was drained");
+    let first_bulk = receives
+        .iter()
+        .position(|&(q, _, _)| q == "bulk")
+        .expect("bulk work started");
+    assert!(
+        first_bulk > first_short,
+        "bulk was received from while the priority queue still filled every request: {receives:?}"
+    );
+    let from_priority: usize = receives[..first_short].iter().map(|&(_, _, got)| got).sum();
+    assert!(from_priority > 150, "{receives:?}");
+    assert_eq!((fake.left("priority"), fake.left("bulk")), (0, 0));
+}
