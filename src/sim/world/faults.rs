@@ -71,3 +71,51 @@ impl Faults {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    fn check(faults: &Faults, service: &str, api: &str, now: f64) -> Result<(), PortError> {
+        faults.check(service, api, now, &mut StdRng::seed_from_u64(7))
+    }
+
+    #[test]
+    fn api_errors_fire_for_their_service_inside_their_window() {
+        let faults = Faults::new(&[Fault::ApiErrors {
+            service: "sqs".into(),
+            start_secs: 10.0,
+            duration_secs: 10.0,
+            probability: 1.0,
+        }]);
+        for t in [10.0, 15.0, 19.99] {
+            assert!(
+                matches!(
+                    check(&faults, "sqs", "receive_message", t),
+                    Err(PortError::Transient { .. })
+                ),
+                "at {t}"
+            );
+        }
+        assert!(check(&faults, "sfn", "start_execution", 15.0).is_ok());
+        assert!(check(&faults, "sqs", "receive_message", 9.99).is_ok());
+        assert!(check(&faults, "sqs", "receive_message", 20.0).is_ok());
+    }
+
+    #[test]
+    fn a_throttle_storm_throttles_its_api() {
+        let faults = Faults::new(&[Fault::ThrottleStorm {
+            api: "start_execution".into(),
+            start_secs: 0.0,
+            duration_secs: 100.0,
+            probability: 1.0,
+        }]);
+        assert!(matches!(
+            check(&faults, "sfn", "start_execution", 50.0),
+            Err(PortError::Throttled { .. })
+        ));
+        assert!(check(&faults, "sfn", "list_executions", 50.0).is_ok());
+    }
+}

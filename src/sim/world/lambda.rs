@@ -216,3 +216,119 @@ impl Lambda {
         sample
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use rand::SeedableRng;
+
+    use super::*;
+
+    const F: u16 = 0;
+    const G: u16 = 1;
+
+    /// Functions "f" (F) and "g" (G), one task each.
+    fn lambda(model: LambdaModel, other: OtherLoad) -> (Lambda, StdRng) {
+        let mut l = Lambda::new(&model, &other, &["f".to_string(), "g".to_string()]);
+        assert_eq!(l.add_task("f", 1.0, 0.3), (F, 0));
+        assert_eq!(l.add_task("g", 1.0, 0.3), (G, 0));
+        (l, StdRng::seed_from_u64(7))
+    }
+
+    fn big_account() -> LambdaModel {
+        LambdaModel {
+            account_limit: 100_000,
+            ..LambdaModel::default()
+        }
+    }
+
+    /// Invoke `f` at `now` until Lambda refuses; how many got in.
+    fn fill(l: &mut Lambda, f: u16, now: f64, rng: &mut StdRng) -> u32 {
+        let mut n = 0;
+        while l.admits(f, now) {
+            l.invoke(f, 0, rng);
+            n += 1;
+            assert!(n < 1_000_000, "never refused");
+        }
+        n
+    }
+
+    #[test]
+    fn per_function_scaling_admits_a_step_then_a_step_per_period() {
+        let (mut l, mut rng) = lambda(big_account(), OtherLoad::default());
+        assert_eq!(fill(&mut l, F, 0.0, &mut rng), 1000);
+        assert_eq!(fill(&mut l, F, 5.0, &mut rng), 500);
+        assert_eq!(fill(&mut l, F, 10.0, &mut rng), 500);
+        // Each function scales on its own.
+        assert_eq!(fill(&mut l, G, 10.0, &mut rng), 1000);
+        assert_eq!(l.concurrency(), 3000);
+    }
+
+    #[test]
+    fn warm_environments_let_a_function_return_to_its_level() {
+        let back = |warm_decay_per_minute| {
+            let model = LambdaModel {
+                warm_decay_per_minute,
+                ..big_account()
+            };
+            let (mut l, mut rng) = lambda(model, OtherLoad::default());
+            let n = fill(&mut l, F, 0.0, &mut rng) + fill(&mut l, F, 10.0, &mut rng);
+            assert_eq!(n, 2000);
+            for _ in 0..n {
+                l.finish(F);
+            }
+            fill(&mut l, F, 20.0, &mut rng)
+        };
+        assert!(back(0.2) >= 2000, "warm: {}", back(0.2));
+        assert_eq!(back(1.0), 1000, "every idle environment reclaimed");
+    }
+
+    #[test]
+    fn the_legacy_model_bursts_account_wide_then_adds_per_minute() {
+        let model = LambdaModel {
+            scaling: Scaling::Legacy,
+            ..big_account()
+        };
+        let (mut l, mut rng) = lambda(model, OtherLoad::default());
+        assert_eq!(fill(&mut l, F, 0.0, &mut rng), 3000);
+        assert_eq!(
+            fill(&mut l, G, 0.0, &mut rng),
+            0,
+            "the burst is the account's"
+        );
+        assert_eq!(fill(&mut l, G, 60.0, &mut rng), 500);
+    }
+
+    #[test]
+    fn a_reserved_function_is_capped_at_its_reservation() {
+        let model = LambdaModel {
+            reserved: BTreeMap::from([("f".to_string(), 50)]),
+            ..LambdaModel::default()
+        };
+        let (mut l, mut rng) = lambda(model, OtherLoad::default());
+        assert_eq!(fill(&mut l, F, 0.0, &mut rng), 50);
+        assert_eq!(fill(&mut l, F, 60.0, &mut rng), 0);
+    }
+
+    #[test]
+    fn the_unreserved_pool_is_the_limit_less_every_reservation_and_the_other_load() {
+        let model = LambdaModel {
+            reserved: BTreeMap::from([("f".to_string(), 300)]),
+            ..LambdaModel::default()
+        };
+        let other = OtherLoad {
+            reserved: 100,
+            ..OtherLoad::default()
+        };
+        let (mut l, mut rng) = lambda(model.clone(), other);
+        assert_eq!(fill(&mut l, G, 0.0, &mut rng), 600);
+        // Unreserved, the other functions share the pool.
+        let other = OtherLoad {
+            base: 50.0,
+            ..OtherLoad::default()
+        };
+        let (mut l, mut rng) = lambda(model, other);
+        assert_eq!(fill(&mut l, G, 0.0, &mut rng), 650);
+    }
+}

@@ -270,3 +270,100 @@ impl Sfn {
         v
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLENTY: Bucket = Bucket {
+        burst: 1e9,
+        per_s: 0.0,
+    };
+
+    fn sfn(list_lag_secs: f64, start_execution: Bucket) -> Sfn {
+        Sfn::new(&SfnModel {
+            list_lag_secs,
+            start_execution,
+            ..SfnModel::default()
+        })
+    }
+
+    fn listed(s: &mut Sfn, now: f64) -> Vec<String> {
+        let (names, next) = s.list_running(None, now).expect("listed");
+        assert!(next.is_none());
+        names
+    }
+
+    #[test]
+    fn list_executions_lags_starts_and_closes() {
+        let mut s = sfn(2.0, PLENTY);
+        assert_eq!(s.start("a", 1, None, 0.0).unwrap(), Start::New(0));
+        assert!(listed(&mut s, 1.9).is_empty(), "started under the lag ago");
+        assert_eq!(listed(&mut s, 2.0), ["a"]);
+        s.close(0, ExecStatus::Succeeded, 5.0);
+        assert_eq!(s.running(), 0);
+        assert_eq!(listed(&mut s, 6.9), ["a"], "closed under the lag ago");
+        assert!(listed(&mut s, 7.1).is_empty());
+    }
+
+    #[test]
+    fn list_executions_pages_at_1000_through_a_snapshot() {
+        let mut s = sfn(0.0, PLENTY);
+        for i in 0..2500 {
+            s.start(&format!("e{i:04}"), i, None, 0.0).unwrap();
+        }
+        let (p1, t1) = s.list_running(None, 1.0).unwrap();
+        assert_eq!((p1.len(), p1[0].as_str()), (1000, "e2499"), "newest first");
+        let t1 = t1.expect("a second page");
+        // Started after the first page: not in this listing's pages.
+        s.start("late", 9999, None, 1.0).unwrap();
+        let (p2, t2) = s.list_running(Some(t1.clone()), 2.0).unwrap();
+        assert_eq!((p2.len(), p2[0].as_str()), (1000, "e1499"));
+        let (p3, t3) = s.list_running(t2, 3.0).unwrap();
+        assert_eq!((p3.len(), p3[499].as_str()), (500, "e0000"));
+        assert!(t3.is_none());
+        // A token pages once.
+        assert!(matches!(
+            s.list_running(Some(t1), 4.0),
+            Err(PortError::Permanent { code, .. }) if code == "InvalidToken"
+        ));
+    }
+
+    #[test]
+    fn a_name_starts_once() {
+        let mut s = sfn(2.0, PLENTY);
+        assert_eq!(s.start("a", 1, None, 0.0).unwrap(), Start::New(0));
+        assert_eq!(s.start("a", 1, None, 1.0).unwrap(), Start::Same);
+        assert_eq!(s.start("a", 2, None, 1.0).unwrap(), Start::AlreadyExists);
+        s.close(0, ExecStatus::Succeeded, 2.0);
+        assert_eq!(s.start("a", 1, None, 3.0).unwrap(), Start::AlreadyExists);
+        assert_eq!(s.running(), 0);
+    }
+
+    #[test]
+    fn start_execution_throttles_after_its_burst_and_refills_at_its_rate() {
+        let mut s = sfn(
+            2.0,
+            Bucket {
+                burst: 3.0,
+                per_s: 2.0,
+            },
+        );
+        let mut n = 0u64;
+        let mut admitted = |s: &mut Sfn, now: f64| {
+            let mut k = 0;
+            loop {
+                n += 1;
+                match s.start(&format!("x{n}"), n, None, now) {
+                    Ok(_) => k += 1,
+                    Err(PortError::Throttled { .. }) => return k,
+                    Err(e) => panic!("{e}"),
+                }
+                assert!(k < 100, "never throttled");
+            }
+        };
+        assert_eq!(admitted(&mut s, 0.0), 3, "the burst");
+        assert_eq!(admitted(&mut s, 0.5), 1, "2/s for 0.5 s");
+        assert_eq!(admitted(&mut s, 10.0), 3, "refilled to the burst, no more");
+    }
+}

@@ -315,3 +315,95 @@ impl Sqs {
         self.queues[q].hidden_count
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    const WORK: usize = 0;
+    const DLQ: usize = 1;
+
+    /// A work queue with a DLQ at maxReceiveCount 3.
+    fn sqs() -> (Sqs, StdRng) {
+        let mut s = Sqs::new(2, 3);
+        s.set_dlq(WORK, DLQ);
+        (s, StdRng::seed_from_u64(7))
+    }
+
+    #[test]
+    fn redrives_on_the_receive_after_max_receive_count_receives() {
+        let (mut s, mut rng) = sqs();
+        s.push(WORK, "a".into(), Some(42), &mut rng);
+        for n in 1..=3 {
+            let got = s.receive(WORK, 10, 30.0, f64::from(n - 1) * 31.0);
+            assert_eq!(got.messages.len(), 1, "receive {n}");
+            assert_eq!(got.messages[0].receive_count, n);
+            assert!(got.redriven.is_empty(), "redriven early, on receive {n}");
+        }
+        let got = s.receive(WORK, 10, 30.0, 93.0);
+        assert!(got.messages.is_empty());
+        assert_eq!(got.redriven, vec![42]);
+        assert_eq!((s.visible(WORK), s.visible(DLQ)), (0, 1));
+        // A DLQ has no redrive of its own: its consumer gets the message.
+        let got = s.receive(DLQ, 10, 30.0, 93.0);
+        assert_eq!(got.messages.len(), 1);
+        assert_eq!(got.messages[0].receive_count, 4);
+    }
+
+    #[test]
+    fn a_stale_receipt_deletes_nothing_and_does_not_fail() {
+        let (mut s, mut rng) = sqs();
+        s.push(WORK, "a".into(), Some(0), &mut rng);
+        let first = s.receive(WORK, 10, 10.0, 0.0).messages.remove(0);
+        let second = s.receive(WORK, 10, 10.0, 11.0).messages.remove(0);
+        let (failures, deleted) = s.delete(WORK, &[first.receipt]);
+        assert!(failures.is_empty());
+        assert!(deleted.is_empty());
+        assert_eq!(s.hidden(WORK), 1, "still in the second receiver's hand");
+        let (failures, deleted) = s.delete(WORK, &[second.receipt]);
+        assert!(failures.is_empty());
+        let gone = Deleted {
+            origin: 0,
+            receive_count: 2,
+        };
+        assert_eq!(deleted, vec![gone]);
+        assert_eq!(s.hidden(WORK), 0);
+        let (failures, _) = s.delete(WORK, &["junk".to_string()]);
+        assert!(matches!(
+            &failures[0].error,
+            PortError::Permanent { code, .. } if code == "ReceiptHandleIsInvalid"
+        ));
+    }
+
+    #[test]
+    fn a_message_whose_visibility_expires_is_received_again() {
+        let (mut s, mut rng) = sqs();
+        s.push(WORK, "a".into(), None, &mut rng);
+        let first = s.receive(WORK, 10, 30.0, 0.0).messages.remove(0);
+        assert!(s.receive(WORK, 10, 30.0, 29.9).messages.is_empty());
+        let again = s.receive(WORK, 10, 30.0, 30.0).messages.remove(0);
+        assert_eq!(again.id, first.id);
+        assert_eq!(again.receive_count, 2);
+        assert_ne!(again.receipt, first.receipt);
+    }
+
+    #[test]
+    fn change_visibility_zero_makes_a_message_visible_at_once() {
+        let (mut s, mut rng) = sqs();
+        s.push(WORK, "a".into(), None, &mut rng);
+        let m = s.receive(WORK, 10, 30.0, 0.0).messages.remove(0);
+        let failures = s.change_visibility(WORK, std::slice::from_ref(&m.receipt), 0.0, 1.0);
+        assert!(failures.is_empty());
+        assert_eq!((s.visible(WORK), s.hidden(WORK)), (1, 0));
+        let again = s.receive(WORK, 10, 30.0, 1.0).messages.remove(0);
+        assert_eq!(again.receive_count, 2);
+        // The old receipt is no longer in flight.
+        let failures = s.change_visibility(WORK, &[m.receipt], 0.0, 2.0);
+        assert!(matches!(
+            &failures[0].error,
+            PortError::Permanent { code, .. } if code == "MessageNotInflight"
+        ));
+    }
+}
