@@ -14,11 +14,17 @@ use crate::sim::report::{Report, Timeline};
 use crate::sim::scenario::Scenario;
 use crate::sim::world::{BULK, BULK_DLQ, COMPLETIONS, PRIORITY, PRIORITY_DLQ, World};
 
+/// What to simulate and with which controller.
 pub struct SimOptions {
+    /// The simulated account and workload.
     pub scenario: Scenario,
+    /// The controller's configuration.
     pub config: Config,
+    /// The admission policy under test.
     pub policy: Policy,
+    /// Seeds the world and, offset per life, each controller.
     pub seed: u64,
+    /// Show a progress bar on the terminal.
     pub progress: bool,
 }
 
@@ -85,19 +91,7 @@ pub async fn simulate(opts: SimOptions) -> Result<(Report, Timeline), Controller
     let wall = std::time::Instant::now();
     let sc = &opts.scenario;
     let shared = Shared::new(World::new(sc, opts.seed));
-    let total = shared.at_now().origins.len() as u64;
-    let bar = if opts.progress {
-        let b = ProgressBar::new(total);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} done  {msg}",
-            )
-            .expect("valid template"),
-        );
-        b
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = progress_bar(opts.progress, shared.at_now().origins.len() as u64);
     let mut crashes = sc.crash_faults().into_iter();
     let mut next_crash = crashes.next();
     let limit = sc.max_virtual_secs as f64;
@@ -187,6 +181,21 @@ pub async fn simulate(opts: SimOptions) -> Result<(Report, Timeline), Controller
         wall.elapsed().as_secs_f64(),
     );
     Ok((report, Timeline::from_world(&w)))
+}
+
+/// A bar over the workload's messages, or a hidden one.
+fn progress_bar(show: bool, total: u64) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(total);
+    b.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} done  {msg}",
+        )
+        .expect("valid template"),
+    );
+    b
 }
 
 /// Tick the world each virtual second until it is finished, `until` is

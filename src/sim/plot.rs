@@ -13,22 +13,37 @@ const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 /// At most this many points per line: enough for a 1,200-pixel chart.
 const MAX_POINTS: usize = 1500;
 
+/// Why a chart could not be drawn.
 #[derive(Debug, thiserror::Error)]
 pub enum PlotError {
+    /// The file name is neither .svg nor .png.
     #[error("{path}: unsupported plot format; use a .svg or .png file name")]
-    Format { path: String },
+    Format {
+        /// The file.
+        path: String,
+    },
+    /// The embedded font did not register.
     #[error("cannot load the embedded font: {0}")]
     Font(String),
+    /// Drawing or writing the chart failed.
     #[error("cannot draw {path}: {message}")]
-    Draw { path: String, message: String },
+    Draw {
+        /// The file.
+        path: String,
+        /// What the drawing backend said.
+        message: String,
+    },
 }
 
 /// One line of the chart: a policy's run.
 pub struct Run<'a> {
+    /// The legend entry.
     pub label: String,
+    /// The run's series.
     pub timeline: &'a Timeline,
 }
 
+/// Draw `runs` against `ceiling` to `path` (SVG or PNG by extension).
 pub fn plot(path: &Path, runs: &[Run<'_>], ceiling: u32, title: &str) -> Result<(), PlotError> {
     plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
         .map_err(|_| PlotError::Font("DejaVuSans.ttf".into()))?;

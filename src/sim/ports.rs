@@ -20,6 +20,7 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Share `world`; virtual time 0 is the tokio instant now.
     pub fn new(world: World) -> Shared {
         Shared {
             world: Arc::new(Mutex::new(world)),
@@ -27,6 +28,7 @@ impl Shared {
         }
     }
 
+    /// Virtual seconds since the epoch.
     pub fn now_s(&self) -> f64 {
         self.epoch.elapsed().as_secs_f64()
     }
@@ -40,9 +42,13 @@ impl Shared {
     }
 }
 
+/// The `WorkQueue` port over one of the world's queues.
 pub struct SimQueue {
+    /// The world.
     pub shared: Shared,
+    /// The queue's index (`world::PRIORITY`, ...).
     pub queue: usize,
+    /// Waited before each call.
     pub latency: Duration,
 }
 
@@ -95,8 +101,11 @@ impl WorkQueue for SimQueue {
     }
 }
 
+/// The `Executions` port over the world's state machine.
 pub struct SimExecutions {
+    /// The world.
     pub shared: Shared,
+    /// Waited before each call (twice for the two-call tag operations).
     pub latency: Duration,
 }
 
@@ -128,8 +137,11 @@ impl Executions for SimExecutions {
     }
 }
 
+/// The `ConcurrencyMetrics` port over the world's CloudWatch.
 pub struct SimMetrics {
+    /// The world.
     pub shared: Shared,
+    /// Waited before each call.
     pub latency: Duration,
 }
 

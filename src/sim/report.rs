@@ -6,10 +6,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::sim::world::World;
 
+/// The outcome of one simulated run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
+    /// The scenario's name.
     pub scenario: String,
+    /// The admission policy the controller ran.
     pub policy: String,
+    /// The seed of the run.
     pub seed: u64,
     /// Workload messages (bulk, priority, arrivals, bad bodies).
     pub messages: u64,
@@ -25,14 +29,19 @@ pub struct Report {
     pub makespan_s: f64,
     /// Total pipeline Lambda-seconds / ceiling: the shortest possible run.
     pub ideal_s: f64,
+    /// ideal_s / makespan_s.
     pub efficiency: f64,
+    /// The configured concurrency ceiling.
     pub ceiling: u32,
+    /// Highest pipeline Lambda concurrency.
     pub peak_concurrency: u32,
     /// Mean pipeline concurrency / ceiling over the middle 80 % of the run.
     pub utilization: f64,
     /// Highest receive count of any started message.
     pub max_receive_count: u32,
+    /// Invocations Lambda throttled.
     pub lambda_throttles: u64,
+    /// Executions that failed.
     pub executions_failed: u64,
     /// API calls per service.
     pub api_calls: BTreeMap<String, u64>,
@@ -42,7 +51,9 @@ pub struct Report {
     pub overhead_calls_per_start: f64,
     /// Start latency of priority messages, virtual seconds (None if none).
     pub priority_p50_s: Option<f64>,
+    /// The same, 99th percentile.
     pub priority_p99_s: Option<f64>,
+    /// Controllers started: the first, one per crash restart, replicas.
     pub controller_lives: u32,
     /// Workload messages deleted without an execution (must be 0).
     pub deleted_without_start: u64,
@@ -71,6 +82,7 @@ pub struct Timeline {
 }
 
 impl Timeline {
+    /// The series the world recorded.
     pub fn from_world(w: &World) -> Timeline {
         Timeline {
             concurrency: w.stats.conc_integral.clone(),
@@ -103,6 +115,7 @@ fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
 }
 
 impl Report {
+    /// The report of the run `w` holds the end of.
     pub fn build(
         w: &World,
         policy: &str,

@@ -1,0 +1,569 @@
+//! The simulated account: SQS, Step Functions, Lambda and CloudWatch as a
+//! discrete-event model in virtual seconds. It advances lazily: every API
+//! call (and the driver's tick) first processes all events up to "now".
+//!
+//! `World` keeps the clock, the event heap, the one RNG and the report
+//! data, and serves the API the ports call. Each service is a model of its
+//! own (`sqs`, `sfn`, `lambda`, `cloudwatch`, `faults`) that is handed the
+//! time and the RNG; `workflow` runs executions across them. Every random
+//! draw comes from the one RNG in event order, so a seed gives one run.
+
+mod cloudwatch;
+mod faults;
+mod lambda;
+mod sfn;
+mod sqs;
+mod workflow;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::ports::{ConcurrencySample, EntryFailure, Message, OutgoingMessage, PortError};
+use crate::sim::scenario::Scenario;
+use cloudwatch::CloudWatch;
+use faults::Faults;
+use lambda::Lambda;
+use sfn::{Sfn, Start};
+use sqs::Sqs;
+
+/// The priority work queue.
+pub const PRIORITY: usize = 0;
+/// The bulk work queue.
+pub const BULK: usize = 1;
+/// The priority queue's dead-letter queue.
+pub const PRIORITY_DLQ: usize = 2;
+/// The bulk queue's dead-letter queue.
+pub const BULK_DLQ: usize = 3;
+/// The queue EventBridge delivers execution status changes to.
+pub const COMPLETIONS: usize = 4;
+
+/// Virtual time in whole microseconds, the event heap's key.
+type Micros = u64;
+
+fn us(t: f64) -> Micros {
+    (t.max(0.0) * 1e6) as Micros
+}
+
+/// FNV-1a: message bodies and execution inputs by content.
+fn hash64(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    /// Invoke task `task` of `slot` (`workflow::MAIN`: the stage's own
+    /// task, otherwise a Map item) of execution `exec`.
+    Invoke {
+        exec: u32,
+        slot: u16,
+        task: u16,
+        attempt: u16,
+    },
+    Done {
+        exec: u32,
+        slot: u16,
+        task: u16,
+        attempt: u16,
+        func: u16,
+        ok: bool,
+    },
+    Stage {
+        exec: u32,
+        stage: u16,
+    },
+    Arrival,
+    StatusChange {
+        exec: u32,
+    },
+}
+
+/// Per-message outcome kept for the report.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Origin {
+    /// Enqueued on the priority queue.
+    pub priority: bool,
+    /// Virtual time it was enqueued.
+    pub enqueued_at: f64,
+    /// Executions started for it.
+    pub executions: u32,
+    /// When the first of them started.
+    pub first_start: Option<f64>,
+    /// Redriven or dead-lettered by the controller.
+    pub in_dlq: bool,
+    /// Deleted from its work queue.
+    pub deleted: bool,
+    /// Its receive count when it was deleted.
+    pub receive_count_at_delete: u32,
+}
+
+/// Counters and series the report is built from.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Lambda-seconds of pipeline functions per virtual second.
+    pub conc_integral: Vec<f64>,
+    /// Peak pipeline concurrency per virtual second.
+    pub conc_peak: Vec<u32>,
+    /// Visible messages in the work queues, sampled each second.
+    pub depth: Vec<u64>,
+    /// Running executions, sampled each second.
+    pub running: Vec<u64>,
+    /// Peak pipeline concurrency.
+    pub peak: u32,
+    /// Lambda-seconds of pipeline functions in all.
+    pub lambda_seconds: f64,
+    /// Invocations Lambda throttled.
+    pub lambda_throttles: u64,
+    /// Invocations that failed.
+    pub lambda_errors: u64,
+    /// Executions that failed.
+    pub executions_failed: u64,
+    /// Executions that succeeded.
+    pub executions_succeeded: u64,
+    /// Calls per API operation ("service.Operation").
+    pub api_calls: BTreeMap<&'static str, u64>,
+    /// When the last execution closed.
+    pub last_close: f64,
+    /// Deletes of a workload message that had no execution (must stay 0).
+    pub deleted_without_start: u64,
+    /// Reason codes of messages the controller moved to a DLQ.
+    pub dlq_reasons: BTreeMap<String, u64>,
+    /// Deliveries that were duplicates (at-least-once delivery).
+    pub duplicate_deliveries: u64,
+}
+
+/// The simulated account, advanced lazily to the time of each call.
+pub struct World {
+    /// Virtual seconds since the start.
+    pub now: f64,
+    seq: u64,
+    events: BinaryHeap<Reverse<(Micros, u64, Event)>>,
+    rng: StdRng,
+    sc: Scenario,
+    sqs: Sqs,
+    sfn: Sfn,
+    lambda: Lambda,
+    cloudwatch: CloudWatch,
+    faults: Faults,
+    /// Workflow tasks resolved: per stage, per task, the function and the
+    /// task's duration within it.
+    tasks: workflow::Tasks,
+    /// Every workload message, by index.
+    pub origins: Vec<Origin>,
+    body_origin: HashMap<u64, u32>,
+    /// The minute `account` is in; its metrics are published when it ends.
+    minute: u64,
+    /// Concurrency is integrated up to here.
+    last_t: f64,
+    arrivals_left: u64,
+    /// What the report is built from.
+    pub stats: Stats,
+}
+
+impl World {
+    /// The account at virtual time 0 with the workload enqueued.
+    pub fn new(sc: &Scenario, seed: u64) -> World {
+        let mut lambda = Lambda::new(&sc.lambda, &sc.other_load, &sc.functions());
+        let tasks = workflow::resolve(&sc.workflow, &mut lambda);
+        let mut sqs = Sqs::new(5, sc.sqs.max_receive_count);
+        sqs.set_dlq(PRIORITY, PRIORITY_DLQ);
+        sqs.set_dlq(BULK, BULK_DLQ);
+        let mut w = World {
+            now: 0.0,
+            seq: 0,
+            events: BinaryHeap::new(),
+            rng: StdRng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xa5a5),
+            sc: sc.clone(),
+            sqs,
+            sfn: Sfn::new(&sc.sfn),
+            lambda,
+            cloudwatch: CloudWatch::new(&sc.cloudwatch),
+            faults: Faults::new(&sc.faults),
+            tasks,
+            origins: Vec::new(),
+            body_origin: HashMap::new(),
+            minute: 0,
+            last_t: 0.0,
+            arrivals_left: 0,
+            stats: Stats::default(),
+        };
+        // The workload's ids come from a stream of their own.
+        w.load_workload(&mut StdRng::seed_from_u64(seed));
+        w
+    }
+
+    fn load_workload(&mut self, rng: &mut StdRng) {
+        let wl = self.sc.workload.clone();
+        for i in 0..wl.priority {
+            self.add_origin(
+                PRIORITY,
+                format!(r#"{{"company_id":"p{i:07}","kind":"update"}}"#),
+                rng,
+            );
+        }
+        let bad = wl.not_json + wl.oversize + wl.missing_field;
+        let total = wl.bulk + bad;
+        // Spread the bad bodies through the queue.
+        let stride = total.checked_div(bad).map_or(u64::MAX, |s| s.max(1));
+        let (mut nj, mut os, mut mf) = (wl.not_json, wl.oversize, wl.missing_field);
+        for i in 0..total {
+            let body = if bad > 0 && i % stride == stride / 2 && nj + os + mf > 0 {
+                if nj > 0 {
+                    nj -= 1;
+                    format!("company c{i:07} (not json)")
+                } else if os > 0 {
+                    os -= 1;
+                    format!(
+                        r#"{{"company_id":"c{i:07}","blob":"{}"}}"#,
+                        "x".repeat(270_000)
+                    )
+                } else {
+                    mf -= 1;
+                    format!(r#"{{"company":"c{i:07}"}}"#)
+                }
+            } else {
+                format!(r#"{{"company_id":"c{i:07}","kind":"refresh"}}"#)
+            };
+            self.add_origin(BULK, body, rng);
+        }
+        if let Some(a) = &wl.priority_arrivals {
+            self.arrivals_left = a.count;
+            if a.count > 0 {
+                self.schedule(a.start_secs, Event::Arrival);
+            }
+        }
+    }
+
+    fn add_origin(&mut self, queue: usize, body: String, rng: &mut StdRng) {
+        let o = self.origins.len() as u32;
+        self.origins.push(Origin {
+            priority: queue == PRIORITY,
+            enqueued_at: self.now,
+            ..Origin::default()
+        });
+        self.body_origin.insert(hash64(&body), o);
+        self.sqs.push(queue, body, Some(o), rng);
+    }
+
+    fn schedule(&mut self, at: f64, e: Event) {
+        self.seq += 1;
+        self.events.push(Reverse((us(at), self.seq, e)));
+    }
+
+    // ---- time --------------------------------------------------------
+
+    /// Process every event up to `t`.
+    pub fn advance(&mut self, t: f64) {
+        while let Some(Reverse((at, _, _))) = self.events.peek() {
+            let at_s = *at as f64 / 1e6;
+            if at_s > t {
+                break;
+            }
+            let Reverse((_, _, e)) = self.events.pop().expect("peeked");
+            self.account(at_s.max(self.now));
+            self.now = self.now.max(at_s);
+            self.handle(e);
+        }
+        self.account(t.max(self.now));
+        self.now = self.now.max(t);
+    }
+
+    /// Integrate pipeline concurrency up to `t`; close minutes on the way.
+    fn account(&mut self, t: f64) {
+        while self.last_t < t {
+            let sec = self.last_t as usize;
+            let end = t.min((sec + 1) as f64);
+            if self.stats.conc_integral.len() <= sec {
+                self.stats.conc_integral.resize(sec + 1, 0.0);
+                self.stats.conc_peak.resize(sec + 1, 0);
+            }
+            let conc = self.lambda.concurrency();
+            let c = f64::from(conc);
+            self.stats.conc_integral[sec] += c * (end - self.last_t);
+            self.stats.lambda_seconds += c * (end - self.last_t);
+            let p = &mut self.stats.conc_peak[sec];
+            *p = (*p).max(conc);
+            self.last_t = end;
+            let minute = (self.last_t as u64) / 60;
+            if minute > self.minute {
+                let sample = self.lambda.close_minute(self.minute * 60);
+                self.cloudwatch.publish(sample, &mut self.rng);
+                self.minute = minute;
+            }
+        }
+    }
+
+    fn handle(&mut self, e: Event) {
+        match e {
+            Event::Stage { exec, stage } => self.enter_stage(exec, stage),
+            Event::Invoke {
+                exec,
+                slot,
+                task,
+                attempt,
+            } => self.invoke(exec, slot, task, attempt),
+            Event::Done {
+                exec,
+                slot,
+                task,
+                attempt,
+                func,
+                ok,
+            } => self.done(exec, slot, task, attempt, func, ok),
+            Event::Arrival => {
+                let mut rng = StdRng::seed_from_u64(self.seq);
+                let n = self.origins.len();
+                self.add_origin(
+                    PRIORITY,
+                    format!(r#"{{"company_id":"u{n:07}","kind":"update"}}"#),
+                    &mut rng,
+                );
+                self.arrivals_left -= 1;
+                if self.arrivals_left > 0 {
+                    let every = self
+                        .sc
+                        .workload
+                        .priority_arrivals
+                        .as_ref()
+                        .map_or(60.0, |a| a.every_secs);
+                    self.schedule(self.now + every, Event::Arrival);
+                }
+            }
+            Event::StatusChange { exec } => {
+                let body = self.sfn.status_change_event(exec);
+                let mut rng = StdRng::seed_from_u64(self.seq ^ 0x5eed);
+                self.sqs.push(COMPLETIONS, body, None, &mut rng);
+            }
+        }
+    }
+
+    // ---- API: faults and counting ------------------------------------
+
+    /// Count a call of `op` ("service.Operation") for the report.
+    pub fn count(&mut self, op: &'static str) {
+        *self.stats.api_calls.entry(op).or_default() += 1;
+    }
+
+    fn fault(&mut self, service: &str, api: &str) -> Result<(), PortError> {
+        self.faults.check(service, api, self.now, &mut self.rng)
+    }
+
+    // ---- SQS ---------------------------------------------------------
+
+    /// ReceiveMessage on queue `q`: up to `max` messages, hidden `vis` s.
+    pub fn receive(&mut self, q: usize, max: usize, vis: f64) -> Result<Vec<Message>, PortError> {
+        self.count("sqs.ReceiveMessage");
+        self.fault("sqs", "receive_message")?;
+        let got = self.sqs.receive(q, max, vis, self.now);
+        for o in got.redriven {
+            self.origins[o as usize].in_dlq = true;
+        }
+        Ok(got.messages)
+    }
+
+    /// DeleteMessageBatch on queue `q`.
+    pub fn delete_batch(
+        &mut self,
+        q: usize,
+        receipts: &[String],
+    ) -> Result<Vec<EntryFailure>, PortError> {
+        self.count("sqs.DeleteMessageBatch");
+        self.fault("sqs", "delete_message")?;
+        let (failures, deleted) = self.sqs.delete(q, receipts);
+        for d in deleted {
+            let o = &mut self.origins[d.origin as usize];
+            o.deleted = true;
+            o.receive_count_at_delete = d.receive_count;
+            if o.executions == 0 && !o.in_dlq {
+                self.stats.deleted_without_start += 1;
+            }
+        }
+        Ok(failures)
+    }
+
+    /// ChangeMessageVisibilityBatch on queue `q`.
+    pub fn change_visibility_batch(
+        &mut self,
+        q: usize,
+        receipts: &[String],
+        vis: f64,
+    ) -> Result<Vec<EntryFailure>, PortError> {
+        self.count("sqs.ChangeMessageVisibilityBatch");
+        self.fault("sqs", "change_visibility")?;
+        Ok(self.sqs.change_visibility(q, receipts, vis, self.now))
+    }
+
+    /// SendMessageBatch to queue `q`; a copy sent to a DLQ with the
+    /// controller's attributes marks its original as dead-lettered.
+    pub fn send_batch(
+        &mut self,
+        q: usize,
+        entries: &[OutgoingMessage],
+    ) -> Result<Vec<EntryFailure>, PortError> {
+        self.count("sqs.SendMessageBatch");
+        self.fault("sqs", "send_message")?;
+        let mut rng = StdRng::seed_from_u64(self.seq ^ self.sqs.message_count() as u64);
+        let dead_letter = q == PRIORITY_DLQ || q == BULK_DLQ;
+        let attribute = |e: &'_ OutgoingMessage, name: &str| {
+            e.attributes
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        for e in entries {
+            if dead_letter && let Some(why) = attribute(e, crate::controller::REASON_CODE_ATTRIBUTE)
+            {
+                *self.stats.dlq_reasons.entry(why).or_default() += 1;
+            }
+            if dead_letter
+                && let Some(src) = attribute(e, crate::controller::SOURCE_ID_ATTRIBUTE)
+                && let Some(o) = self.sqs.origin_of(&src)
+            {
+                self.origins[o as usize].in_dlq = true;
+            }
+            self.sqs
+                .send(q, e.body.clone(), e.delay, self.now, &mut rng);
+        }
+        Ok(Vec::new())
+    }
+
+    /// Visible messages in the two work queues.
+    pub fn backlog(&self) -> u64 {
+        (self.sqs.visible(PRIORITY) + self.sqs.visible(BULK)) as u64
+    }
+
+    /// Messages of the work queues currently hidden (in someone's hand).
+    pub fn in_hand(&self) -> usize {
+        self.sqs.hidden(PRIORITY) + self.sqs.hidden(BULK)
+    }
+
+    /// Messages in queue `q`, visible or hidden.
+    pub fn queue_len(&self, q: usize) -> usize {
+        self.sqs.visible(q) + self.sqs.hidden(q)
+    }
+
+    /// Messages in the two dead-letter queues.
+    pub fn dlq_len(&self) -> usize {
+        self.queue_len(PRIORITY_DLQ) + self.queue_len(BULK_DLQ)
+    }
+
+    // ---- Step Functions ----------------------------------------------
+
+    /// DescribeStateMachine + ListTagsForResource.
+    pub fn remembered_k(&mut self) -> Result<Option<f64>, PortError> {
+        self.count("sfn.DescribeStateMachine");
+        self.count("sfn.ListTagsForResource");
+        self.fault("sfn", "list_tags_for_resource")?;
+        Ok(self.sfn.remembered_k())
+    }
+
+    /// DescribeStateMachine + TagResource.
+    pub fn remember_k(&mut self, k: f64) -> Result<(), PortError> {
+        self.count("sfn.DescribeStateMachine");
+        self.count("sfn.TagResource");
+        self.fault("sfn", "tag_resource")?;
+        self.sfn.remember_k(k);
+        Ok(())
+    }
+
+    /// The remembered Lambdas per execution, without an API call.
+    pub fn remembered(&self) -> Option<f64> {
+        self.sfn.remembered_k()
+    }
+
+    /// StartExecution: `true` if it started (or is the same execution),
+    /// `false` if the name already exists.
+    pub fn start_execution(&mut self, name: &str, input: &str) -> Result<bool, PortError> {
+        self.count("sfn.StartExecution");
+        self.fault("sfn", "start_execution")?;
+        let h = hash64(input);
+        let origin = self.body_origin.get(&h).copied();
+        match self.sfn.start(name, h, origin, self.now)? {
+            Start::New(x) => {
+                if let Some(o) = origin {
+                    let o = &mut self.origins[o as usize];
+                    o.executions += 1;
+                    o.first_start.get_or_insert(self.now);
+                }
+                self.schedule(
+                    self.now + self.transition(),
+                    Event::Stage { exec: x, stage: 0 },
+                );
+                Ok(true)
+            }
+            Start::Same => Ok(true),
+            Start::AlreadyExists => Ok(false),
+        }
+    }
+
+    /// ListExecutions(RUNNING): a page of names and the next page's token.
+    pub fn list_running(
+        &mut self,
+        token: Option<String>,
+    ) -> Result<(Vec<String>, Option<String>), PortError> {
+        self.count("sfn.ListExecutions");
+        self.fault("sfn", "list_executions")?;
+        self.sfn.list_running(token, self.now)
+    }
+
+    // ---- CloudWatch --------------------------------------------------
+
+    /// GetMetricData: the published minutes from `since` on.
+    pub fn concurrency_samples(&mut self, since: u64) -> Result<Vec<ConcurrencySample>, PortError> {
+        self.count("cloudwatch.GetMetricData");
+        self.fault("cloudwatch", "get_metric_data")?;
+        Ok(self.cloudwatch.samples(since, self.now))
+    }
+
+    // ---- driver ------------------------------------------------------
+
+    /// Every workload message is deleted or dead-lettered and nothing runs.
+    pub fn finished(&self) -> bool {
+        self.sfn.running() == 0
+            && self.arrivals_left == 0
+            && self.origins.iter().all(|o| o.deleted || o.in_dlq)
+    }
+
+    /// Executions running now.
+    pub fn running_executions(&self) -> usize {
+        self.sfn.running()
+    }
+
+    /// Environments in use over every pipeline function.
+    pub fn pipeline_concurrency(&self) -> u32 {
+        self.lambda.concurrency()
+    }
+
+    /// Sample the backlog and the running executions for this second.
+    pub fn record_depth(&mut self) {
+        let sec = self.now as usize;
+        if self.stats.depth.len() <= sec {
+            let d = self.backlog();
+            self.stats.depth.resize(sec + 1, d);
+            let r = self.sfn.running() as u64;
+            self.stats.running.resize(sec + 1, r);
+        }
+    }
+
+    /// The scenario the world was built from.
+    pub fn scenario(&self) -> &Scenario {
+        &self.sc
+    }
+
+    /// Pipeline functions.
+    pub fn function_count(&self) -> usize {
+        self.lambda.function_count()
+    }
+
+    /// Executions started for no workload message.
+    pub fn executions_without_origin(&self) -> usize {
+        self.sfn.without_origin()
+    }
+}
