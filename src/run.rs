@@ -77,35 +77,20 @@ pub async fn run(cfg: Config, source: ConfigSource, text: String) -> Result<RunO
         },
     )?;
     let clients = Clients::new(&cfg.aws).await;
-    let queue = |url: &str| SqsQueue::new(clients.sqs.clone(), url);
-    let sources = cfg
-        .queues
-        .iter()
-        .map(|q| Source {
-            name: q.name.clone(),
-            queue: queue(&q.url),
-            dlq: queue(&q.dlq_url),
-        })
-        .collect::<Vec<_>>();
-    let depth_queues: Vec<(String, SqsQueue, SqsQueue)> = sources
+    let telemetry = Telemetry::new(cfg.controller.ceiling);
+    let backends = backends(&cfg, &clients, telemetry.clone());
+    let depth_queues: Vec<(String, SqsQueue, SqsQueue)> = backends
+        .sources
         .iter()
         .map(|s| (s.name.clone(), s.queue.clone(), s.dlq.clone()))
         .collect();
-    let telemetry = Telemetry::new(cfg.controller.ceiling);
-    let backends = Backends {
-        sources,
-        completions: cfg.completion_queue.as_ref().map(|c| queue(&c.url)),
-        executions: SfnExecutions::new(clients.sfn.clone(), &cfg.aws.state_machine_arn),
-        metrics: LambdaConcurrency::new(clients.cloudwatch.clone(), cfg.aws.functions.clone()),
-        sink: telemetry.clone(),
-    };
     let listener = telemetry::bind(&cfg.http.listen).await?;
     info!(listen = %cfg.http.listen, "serving /healthz and /metrics");
-    let seed = std::process::id() as u64
-        ^ (std::time::SystemTime::now()
+    // Backoff jitter differs between replicas and restarts.
+    let seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0));
+            .map_or(0, |d| d.as_nanos() as u64);
     let policy = cfg.controller.policy;
     let watch_file = cfg.reload.watch_file;
     let publish = cfg.metrics.clone();
@@ -125,61 +110,14 @@ pub async fn run(cfg: Config, source: ConfigSource, text: String) -> Result<RunO
     let server = tokio::spawn(telemetry::serve(listener, telemetry.clone(), async move {
         let _ = http_stop.wait_for(|s| *s).await;
     }));
-    let t = telemetry.clone();
-    let depths = tokio::spawn(async move {
-        loop {
-            for (name, q, dlq) in &depth_queues {
-                match q.depth().await {
-                    Ok(d) => {
-                        t.set_depth(name, "visible", d.visible);
-                        t.set_depth(name, "in_flight", d.in_flight);
-                        t.set_depth(name, "delayed", d.delayed);
-                    }
-                    Err(e) => warn!(queue = %name, error = %e, "queue depth unavailable"),
-                }
-                if let Ok(d) = dlq.depth().await {
-                    t.set_depth(name, "dead_letter", d.visible + d.in_flight + d.delayed);
-                }
-            }
-            tokio::time::sleep(DEPTH_POLL).await;
-        }
-    });
+    let depths = tokio::spawn(poll_depths(depth_queues, telemetry.clone()));
     let publisher = publish.cloudwatch.then(|| {
         let p = MetricPublisher::new(clients.cloudwatch.clone(), &publish.namespace);
-        let t = telemetry.clone();
         let every = Duration::from_secs(publish.interval_secs);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if let Err(e) = p.put(&t.values()).await {
-                    warn!(error = %e, "custom metrics not published");
-                }
-            }
-        })
+        tokio::spawn(publish_metrics(p, telemetry.clone(), every))
     });
-    if !functions.is_empty() {
-        match crate::aws::lambda::reserved_concurrency(&clients.lambda, &functions).await {
-            Ok(r) => {
-                for (f, n) in r {
-                    info!(function = %f, reserved = ?n, "reserved concurrency");
-                }
-            }
-            Err(e) => warn!(error = %e, "reserved concurrency unknown"),
-        }
-    }
-
-    match &source {
-        ConfigSource::File(p) if watch_file => {
-            info!(path = %p.display(), "config reload: on SIGHUP and when the file changes")
-        }
-        ConfigSource::File(p) => {
-            info!(path = %p.display(), "config reload: on SIGHUP ([reload] watch_file = false)")
-        }
-        ConfigSource::Env => info!(
-            "config from ${}: no reload (the environment cannot change in a running process)",
-            crate::check::CONFIG_ENV
-        ),
-    }
+    log_reserved_concurrency(&clients, &functions).await;
+    log_reload_triggers(&source, watch_file);
     let origin = source.origin();
     let reloads = reload::triggers(
         source,
@@ -187,46 +125,26 @@ pub async fn run(cfg: Config, source: ConfigSource, text: String) -> Result<RunO
         controller.config(),
         Some(hangup),
         stop_rx.clone(),
-        |text, trigger| {
-            let r = reload::apply_text(text, &origin, trigger, |new| {
-                controller.reload(new, &origin)
-            });
-            match r {
-                Ok(changes) if changes.is_empty() => {}
-                Ok(_) => {
-                    telemetry.set_ceiling(controller.config().borrow().controller.ceiling);
-                    telemetry.reloaded(true);
-                }
-                Err(_) => telemetry.reloaded(false),
-            }
-        },
+        |text, trigger| reload_text(&controller, &telemetry, text, &origin, trigger),
     );
     let run = async { tokio::join!(controller.run(stop_rx), reloads).0 };
-    tokio::pin!(run);
-    let summary = tokio::select! {
-        s = &mut run => Some(s),
-        sig = signal => {
-            // As of the last reload.
-            let deadline = Duration::from_secs(
-                controller.config().borrow().controller.shutdown_deadline_secs,
-            );
-            info!(signal = sig, deadline_secs = deadline.as_secs(), "shutting down");
-            let _ = stop_tx.send(true);
-            match tokio::time::timeout(deadline, &mut run).await {
-                Ok(s) => Some(s),
-                Err(_) => {
-                    error!(deadline_secs = deadline.as_secs(),
-                        "controller did not stop within the shutdown deadline; exiting anyway (messages in hand reappear after their visibility timeout)");
-                    None
-                }
-            }
-        }
+    // As of the last reload.
+    let deadline = || {
+        Duration::from_secs(
+            controller
+                .config()
+                .borrow()
+                .controller
+                .shutdown_deadline_secs,
+        )
     };
+    let summary = until_signal(run, signal, &stop_tx, deadline).await;
     let _ = stop_tx.send(true);
-    watcher.abort();
-    depths.abort();
-    if let Some(p) = publisher {
-        p.abort();
+    for task in [Some(watcher), Some(depths), publisher]
+        .into_iter()
+        .flatten()
+    {
+        task.abort();
     }
     // The server drains on the stop signal; do not let it hold the exit.
     if tokio::time::timeout(Duration::from_secs(2), server)
@@ -236,14 +154,136 @@ pub async fn run(cfg: Config, source: ConfigSource, text: String) -> Result<RunO
         warn!("HTTP server did not stop within 2 s");
     }
     if let Some(s) = &summary {
-        info!(
-            started = s.started,
-            already_existed = s.already_existed,
-            deleted = s.deleted,
-            dead_lettered = s.dead_lettered,
-            released = s.released,
-            "stopped"
-        );
+        info!(summary = ?s, "stopped");
     }
     Ok(RunOutcome { summary })
+}
+
+/// Run `run` until it ends, or until `signal`: then ask it to stop and give
+/// it the shutdown deadline. `None` when it did not stop in time.
+async fn until_signal(
+    run: impl std::future::Future<Output = RunSummary>,
+    signal: impl std::future::Future<Output = &'static str>,
+    stop_tx: &watch::Sender<bool>,
+    deadline: impl Fn() -> Duration,
+) -> Option<RunSummary> {
+    tokio::pin!(run);
+    tokio::select! {
+        s = &mut run => Some(s),
+        sig = signal => {
+            let deadline = deadline();
+            info!(signal = sig, deadline_secs = deadline.as_secs(), "shutting down");
+            let _ = stop_tx.send(true);
+            if let Ok(s) = tokio::time::timeout(deadline, &mut run).await {
+                Some(s)
+            } else {
+                error!(deadline_secs = deadline.as_secs(),
+                    "controller did not stop within the shutdown deadline; exiting anyway (messages in hand reappear after their visibility timeout)");
+                None
+            }
+        }
+    }
+}
+
+/// Refresh each queue's and its DLQ's depth for /metrics, forever.
+async fn poll_depths(queues: Vec<(String, SqsQueue, SqsQueue)>, t: Telemetry) {
+    loop {
+        for (name, q, dlq) in &queues {
+            match q.depth().await {
+                Ok(d) => {
+                    t.set_depth(name, "visible", d.visible);
+                    t.set_depth(name, "in_flight", d.in_flight);
+                    t.set_depth(name, "delayed", d.delayed);
+                }
+                Err(e) => warn!(queue = %name, error = %e, "queue depth unavailable"),
+            }
+            if let Ok(d) = dlq.depth().await {
+                t.set_depth(name, "dead_letter", d.visible + d.in_flight + d.delayed);
+            }
+        }
+        tokio::time::sleep(DEPTH_POLL).await;
+    }
+}
+
+/// Put every metric with PutMetricData every `every`, forever.
+async fn publish_metrics(p: MetricPublisher, t: Telemetry, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = p.put(&t.values()).await {
+            warn!(error = %e, "custom metrics not published");
+        }
+    }
+}
+
+/// Log each pipeline function's reserved concurrency, as read at start.
+async fn log_reserved_concurrency(clients: &Clients, functions: &[String]) {
+    if functions.is_empty() {
+        return;
+    }
+    match crate::aws::lambda::reserved_concurrency(&clients.lambda, functions).await {
+        Ok(r) => {
+            for (f, n) in r {
+                info!(function = %f, reserved = ?n, "reserved concurrency");
+            }
+        }
+        Err(e) => warn!(error = %e, "reserved concurrency unknown"),
+    }
+}
+
+/// Say once how this process will pick up config changes.
+fn log_reload_triggers(source: &ConfigSource, watch_file: bool) {
+    match source {
+        ConfigSource::File(p) if watch_file => {
+            info!(path = %p.display(), "config reload: on SIGHUP and when the file changes");
+        }
+        ConfigSource::File(p) => {
+            info!(path = %p.display(), "config reload: on SIGHUP ([reload] watch_file = false)");
+        }
+        ConfigSource::Env => info!(
+            "config from ${}: no reload (the environment cannot change in a running process)",
+            crate::check::CONFIG_ENV
+        ),
+    }
+}
+
+type AwsBackends = Backends<SqsQueue, SfnExecutions, LambdaConcurrency, Telemetry>;
+type AwsController = Controller<SqsQueue, SfnExecutions, LambdaConcurrency, Telemetry>;
+
+/// Apply a changed config text to the running controller and count the
+/// outcome (an unchanged text counts nothing).
+fn reload_text(
+    controller: &AwsController,
+    telemetry: &Telemetry,
+    text: &str,
+    origin: &str,
+    trigger: reload::Trigger,
+) {
+    match reload::apply_text(text, origin, trigger, |new| controller.reload(new, origin)) {
+        Ok(changes) if changes.is_empty() => {}
+        Ok(_) => {
+            telemetry.set_ceiling(controller.config().borrow().controller.ceiling);
+            telemetry.reloaded(true);
+        }
+        Err(_) => telemetry.reloaded(false),
+    }
+}
+
+/// The controller's ports over the AWS SDK, as the config names them.
+fn backends(cfg: &Config, clients: &Clients, sink: Telemetry) -> AwsBackends {
+    let queue = |url: &str| SqsQueue::new(clients.sqs.clone(), url);
+    Backends {
+        sources: cfg
+            .queues
+            .iter()
+            .map(|q| Source {
+                name: q.name.clone(),
+                queue: queue(&q.url),
+                dlq: queue(&q.dlq_url),
+            })
+            .collect(),
+        completions: cfg.completion_queue.as_ref().map(|c| queue(&c.url)),
+        executions: SfnExecutions::new(clients.sfn.clone(), &cfg.aws.state_machine_arn),
+        metrics: LambdaConcurrency::new(clients.cloudwatch.clone(), cfg.aws.functions.clone()),
+        sink,
+    }
 }
