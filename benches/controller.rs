@@ -33,13 +33,13 @@ fn decision(c: &mut Criterion) {
                 foreign: 0,
                 shared: false,
             }))
-        })
+        });
     });
 
     let namer = Namer::new("co-{company_id}-{hash}").unwrap();
     let body = r#"{"company_id":"c0123456","kind":"refresh"}"#;
     c.bench_function("name one message", |b| {
-        b.iter(|| black_box(namer.name("6f1c2b1e-8d1a-4c6e-9d7b-0a9e5c1b2f3d", black_box(body))))
+        b.iter(|| black_box(namer.name("6f1c2b1e-8d1a-4c6e-9d7b-0a9e5c1b2f3d", black_box(body))));
     });
 
     let mut ledger = Ledger::new();
@@ -50,7 +50,7 @@ fn decision(c: &mut Criterion) {
             let name = format!("m-{i}");
             ledger.started(&name, i as f64);
             black_box(ledger.completed(&name, i as f64 + 75.0))
-        })
+        });
     });
 
     let mut big = Ledger::new();
@@ -60,7 +60,7 @@ fn decision(c: &mut Criterion) {
     }
     let listed: HashSet<String> = names.iter().skip(100).cloned().collect();
     c.bench_function("reconcile 10,000 running", |b| {
-        b.iter(|| black_box(big.reconcile(&listed, 10.0, 30.0)))
+        b.iter(|| black_box(big.reconcile(&listed, 10.0, 30.0)));
     });
 
     let mut e = Estimator::new((&cfg.estimator).into(), 3.0);
@@ -81,7 +81,7 @@ fn decision(c: &mut Criterion) {
                     Some(90.0),
                 ));
             }
-        })
+        });
     });
 }
 
@@ -104,7 +104,7 @@ fn small_run(c: &mut Criterion) {
                 progress: false,
             })
             .unwrap()
-        })
+        });
     });
     g.finish();
 }

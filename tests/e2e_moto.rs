@@ -39,7 +39,7 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<(u16
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    let body = out.split_once("\r\n\r\n").map_or("", |x| x.1);
     Ok((status, body.to_string()))
 }
 
