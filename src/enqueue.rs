@@ -3,6 +3,7 @@
 //! bulk queue (the last). Every body is checked with the naming template
 //! first, so input that could never start is refused here, with its line.
 
+use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -146,14 +147,14 @@ impl EnqueueSummary {
             self.invalid.len()
         );
         for p in self.invalid.iter().take(50) {
-            s.push_str(&format!("  line {}: invalid: {}\n", p.line, p.reason));
+            let _ = writeln!(s, "  line {}: invalid: {}", p.line, p.reason);
         }
         for p in self.failed.iter().take(50) {
-            s.push_str(&format!("  line {}: not sent: {}\n", p.line, p.reason));
+            let _ = writeln!(s, "  line {}: not sent: {}", p.line, p.reason);
         }
         let hidden = self.invalid.len().saturating_sub(50) + self.failed.len().saturating_sub(50);
         if hidden > 0 {
-            s.push_str(&format!("  ... and {hidden} more\n"));
+            let _ = writeln!(s, "  ... and {hidden} more");
         }
         s
     }

@@ -1,6 +1,8 @@
 //! `fanout status`: queue depths, running executions and the ceiling, as a
 //! short table or one JSON object.
 
+use std::fmt::Write as _;
+
 use serde::Serialize;
 
 use crate::aws::Clients;
@@ -155,27 +157,36 @@ impl Status {
             "queue", "visible", "in_flight", "delayed", "dlq"
         );
         for q in &self.queues {
-            s.push_str(&format!(
-                "{:<12} {:>10} {:>10} {:>10} {:>10}\n",
+            let _ = writeln!(
+                s,
+                "{:<12} {:>10} {:>10} {:>10} {:>10}",
                 q.name, q.visible, q.in_flight, q.delayed, q.dlq
-            ));
+            );
         }
-        s.push_str(&format!(
-            "running executions: {}\nceiling: {} Lambdas (cold target {} executions at {} per execution)\n",
+        let _ = writeln!(
+            s,
+            "running executions: {}\nceiling: {} Lambdas (cold target {} executions at {} per execution)",
             self.running_executions, self.ceiling, self.cold_target, self.max_lambdas_per_execution
-        ));
+        );
         match self.remembered_lambdas_per_execution {
-            Some(k) => s.push_str(&format!(
-                "remembered lambdas per execution: {k:.3} (a new controller starts there)\n"
-            )),
-            None => s.push_str(&format!(
-                "remembered lambdas per execution: none (a new controller starts at {})\n",
-                self.max_lambdas_per_execution
-            )),
+            Some(k) => {
+                let _ = writeln!(
+                    s,
+                    "remembered lambdas per execution: {k:.3} (a new controller starts there)"
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "remembered lambdas per execution: none (a new controller starts at {})",
+                    self.max_lambdas_per_execution
+                );
+            }
         }
         if let Some(c) = &self.controller {
-            s.push_str(&format!(
-                "controller: {}, running {}, in hand {}, budget {}, target {}, lambdas per execution {:.3}, starts {}\n",
+            let _ = writeln!(
+                s,
+                "controller: {}, running {}, in hand {}, budget {}, target {}, lambdas per execution {:.3}, starts {}",
                 if c.ready { "ready" } else { "not ready" },
                 c.running_executions,
                 c.in_hand,
@@ -183,12 +194,16 @@ impl Status {
                 c.target_running,
                 c.lambdas_per_execution,
                 c.starts
-            ));
+            );
         }
         for (f, r) in &self.reserved_concurrency {
             match r {
-                Some(n) => s.push_str(&format!("reserved concurrency {f}: {n}\n")),
-                None => s.push_str(&format!("reserved concurrency {f}: none\n")),
+                Some(n) => {
+                    let _ = writeln!(s, "reserved concurrency {f}: {n}");
+                }
+                None => {
+                    let _ = writeln!(s, "reserved concurrency {f}: none");
+                }
             }
         }
         s
@@ -259,6 +274,8 @@ pub async fn status(cfg: &Config, controller: Option<&str>) -> Result<Status, St
     })
 }
 
+// The tests compare results of exact arithmetic.
+#[allow(clippy::float_cmp)]
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -103,8 +103,8 @@ impl ConcurrencyMetrics for LambdaConcurrency {
             let out = self
                 .client
                 .get_metric_data()
-                .start_time(DateTime::from_secs(start as i64))
-                .end_time(DateTime::from_secs(now as i64 + 60))
+                .start_time(DateTime::from_secs(start.cast_signed()))
+                .end_time(DateTime::from_secs(now.cast_signed() + 60))
                 .set_metric_data_queries(Some(queries.clone()))
                 .set_next_token(token.take())
                 .send()

@@ -272,6 +272,8 @@ impl Admission {
     }
 }
 
+// The tests compare results of exact arithmetic.
+#[allow(clippy::float_cmp)]
 #[cfg(test)]
 mod tests {
     use super::*;
