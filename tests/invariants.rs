@@ -1,6 +1,8 @@
 //! DESIGN.md's invariants over random small scenarios: crashes, duplicate
 //! deliveries, throttle storms, API errors, Lambda errors, bad input.
 
+use std::fmt::Write as _;
+
 use fanout::config::{Config, Policy};
 use fanout::sim::{Report, Scenario, SimOptions};
 use proptest::prelude::*;
@@ -89,18 +91,21 @@ fn case() -> impl Strategy<Value = Case> {
 fn run(c: &Case) -> Report {
     let mut faults = String::new();
     if let Some((at, after)) = c.crash {
-        faults += &format!(
-            "[[faults]]\nkind = \"crash\"\nat_secs = {at}\nrestart_after_secs = {after}\n"
+        let _ = writeln!(
+            faults,
+            "[[faults]]\nkind = \"crash\"\nat_secs = {at}\nrestart_after_secs = {after}"
         );
     }
     if let Some((s, d, p)) = c.storm {
-        faults += &format!(
-            "[[faults]]\nkind = \"throttle-storm\"\napi = \"start_execution\"\nstart_secs = {s}\nduration_secs = {d}\nprobability = {p}\n"
+        let _ = writeln!(
+            faults,
+            "[[faults]]\nkind = \"throttle-storm\"\napi = \"start_execution\"\nstart_secs = {s}\nduration_secs = {d}\nprobability = {p}"
         );
     }
     if let Some((s, d, p)) = c.sqs_errors {
-        faults += &format!(
-            "[[faults]]\nkind = \"api-errors\"\nservice = \"sqs\"\nstart_secs = {s}\nduration_secs = {d}\nprobability = {p}\n"
+        let _ = writeln!(
+            faults,
+            "[[faults]]\nkind = \"api-errors\"\nservice = \"sqs\"\nstart_secs = {s}\nduration_secs = {d}\nprobability = {p}"
         );
     }
     let text = format!(
@@ -171,7 +176,7 @@ median_secs = {m3}
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, rng_seed: proptest::test_runner::RngSeed::Fixed(20261123), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, rng_seed: proptest::test_runner::RngSeed::Fixed(20_261_123), ..ProptestConfig::default() })]
 
     #[test]
     fn invariants_hold(c in case()) {
