@@ -1,4 +1,5 @@
-//! DESIGN.md's invariants over random small scenarios: crashes, duplicate
+//! The invariants (docs/ARCHITECTURE.md, "Invariants and where they are
+//! enforced") over random small scenarios: crashes, duplicate
 //! deliveries, throttle storms, API errors, Lambda errors, bad input.
 
 use std::fmt::Write as _;
