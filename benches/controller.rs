@@ -17,13 +17,13 @@ use fanout::sim::{Scenario, SimOptions};
 fn decision(c: &mut Criterion) {
     let mut cfg = Config::default();
     cfg.controller.ceiling = 19_000;
-    let mut a = Admission::new(Policy::Adaptive, &(&cfg).into());
-    let mut t = 0.0;
+    let mut admission = Admission::new(Policy::Adaptive, &(&cfg).into());
+    let mut now = 0.0;
     c.bench_function("admission decision", |b| {
         b.iter(|| {
-            t += 0.25;
-            black_box(a.decide(Inputs {
-                now: t,
+            now += 0.25;
+            black_box(admission.decide(Inputs {
+                now,
                 running: 9_500,
                 in_hand: 40,
                 k: 1.9,
@@ -33,13 +33,13 @@ fn decision(c: &mut Criterion) {
                 foreign: 0,
                 shared: false,
             }))
-        })
+        });
     });
 
     let namer = Namer::new("co-{company_id}-{hash}").unwrap();
     let body = r#"{"company_id":"c0123456","kind":"refresh"}"#;
     c.bench_function("name one message", |b| {
-        b.iter(|| black_box(namer.name("6f1c2b1e-8d1a-4c6e-9d7b-0a9e5c1b2f3d", black_box(body))))
+        b.iter(|| black_box(namer.name("6f1c2b1e-8d1a-4c6e-9d7b-0a9e5c1b2f3d", black_box(body))));
     });
 
     let mut ledger = Ledger::new();
@@ -50,28 +50,28 @@ fn decision(c: &mut Criterion) {
             let name = format!("m-{i}");
             ledger.started(&name, i as f64);
             black_box(ledger.completed(&name, i as f64 + 75.0))
-        })
+        });
     });
 
     let mut big = Ledger::new();
-    let names: Vec<String> = (0..10_000).map(|i| format!("exec-{i:05}")).collect();
-    for n in &names {
+    let running: Vec<String> = (0..10_000).map(|i| format!("exec-{i:05}")).collect();
+    for n in &running {
         big.started(n, 0.0);
     }
-    let listed: HashSet<String> = names.iter().skip(100).cloned().collect();
+    let listed: HashSet<String> = running.iter().skip(100).cloned().collect();
     c.bench_function("reconcile 10,000 running", |b| {
-        b.iter(|| black_box(big.reconcile(&listed, 10.0, 30.0)))
+        b.iter(|| black_box(big.reconcile(&listed, 10.0, 30.0)));
     });
 
-    let mut e = Estimator::new((&cfg.estimator).into(), 3.0);
+    let mut estimator = Estimator::new((&cfg.estimator).into(), 3.0);
     let mut s = 0.0;
     c.bench_function("estimator observe + sample", |b| {
         b.iter(|| {
             s += 1.0;
-            e.observe_running(s, 9_500);
+            estimator.observe_running(s, 9_500);
             if (s as u64).is_multiple_of(60) {
                 let minute = (s as u64 / 60 - 1) * 60;
-                black_box(e.on_sample(
+                black_box(estimator.on_sample(
                     &ConcurrencySample {
                         minute_start_s: minute,
                         pipeline_max: 18_000.0,
@@ -81,7 +81,7 @@ fn decision(c: &mut Criterion) {
                     Some(90.0),
                 ));
             }
-        })
+        });
     });
 }
 
@@ -104,7 +104,7 @@ fn small_run(c: &mut Criterion) {
                 progress: false,
             })
             .unwrap()
-        })
+        });
     });
     g.finish();
 }

@@ -3,6 +3,7 @@
 //! bulk queue (the last). Every body is checked with the naming template
 //! first, so input that could never start is refused here, with its line.
 
+use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,45 +22,82 @@ use crate::ports::{OutgoingMessage, WorkQueue};
 const BATCHES_IN_FLIGHT: usize = 8;
 const ATTEMPTS: u32 = 3;
 
+/// Why `fanout enqueue` sent nothing, or gave up on a single update.
 #[derive(Debug, thiserror::Error)]
 pub enum EnqueueError {
+    /// The config lists no queue.
     #[error("no [[queues]] entry in the config: nowhere to send")]
     NoQueue,
+    /// The chosen queue has no URL.
     #[error("queues[{index}].url is empty: set the queue URL")]
-    NoUrl { index: usize },
+    NoUrl {
+        /// The queue's index in `[[queues]]`.
+        index: usize,
+    },
+    /// The naming template does not parse.
     #[error("naming.template: {0}")]
     Template(#[from] TemplateError),
+    /// `--data` is not a JSON object; why.
     #[error("--data must be a JSON object: {0}")]
     Data(String),
+    /// The input file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The input file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The CSV file is malformed or has no `company_id` column.
     #[error("{path}: {message}")]
-    Csv { path: PathBuf, message: String },
+    Csv {
+        /// The input file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The input file is neither `.csv` nor `.jsonl`/`.ndjson`.
     #[error("{path}: unknown file type; use .csv or .jsonl")]
-    FileType { path: PathBuf },
+    FileType {
+        /// The input file.
+        path: PathBuf,
+    },
+    /// The single update's body could never start; why.
     #[error("the body is refused: {0}")]
     Refused(String),
+    /// The single update could not be sent.
     #[error("SendMessage to {queue_url} failed after {ATTEMPTS} attempts: {reason}")]
-    Send { queue_url: String, reason: String },
+    Send {
+        /// The queue sent to.
+        queue_url: String,
+        /// The last failure.
+        reason: String,
+    },
 }
 
 /// What to enqueue.
 #[derive(Debug, Clone)]
 pub enum Input {
+    /// One company's update.
     One {
+        /// The company's id, the body's `company_id`.
         company_id: String,
+        /// Further body fields, as a JSON object.
         data: Option<String>,
     },
+    /// A whole refresh: a CSV or JSON-lines file, one company per line.
     File(PathBuf),
 }
 
+/// The options of `fanout enqueue`.
 #[derive(Debug, Clone)]
 pub struct EnqueueOptions {
+    /// What to send.
     pub input: Input,
+    /// Send to the priority queue (the first) instead of the bulk queue
+    /// (the last).
     pub priority: bool,
+    /// Read and check only; send nothing.
     pub dry_run: bool,
     /// Show a progress bar (stderr is a terminal).
     pub progress: bool,
@@ -68,26 +106,36 @@ pub struct EnqueueOptions {
 /// A line of input that was refused, or a message that could not be sent.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct LineProblem {
+    /// The input line, from 1 (for CSV, the record's line).
     pub line: u64,
+    /// Why it was refused or not sent.
     pub reason: String,
 }
 
+/// What `fanout enqueue` did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct EnqueueSummary {
+    /// The name of the queue sent to.
     pub queue: String,
+    /// Nothing was sent (`--dry-run`).
     pub dry_run: bool,
     /// Valid bodies read.
     pub valid: u64,
+    /// Messages SQS accepted.
     pub sent: u64,
+    /// Valid bodies that could not be sent.
     pub failed: Vec<LineProblem>,
+    /// Lines refused before sending.
     pub invalid: Vec<LineProblem>,
 }
 
 impl EnqueueSummary {
+    /// Every line was valid and sent.
     pub fn ok(&self) -> bool {
         self.failed.is_empty() && self.invalid.is_empty()
     }
 
+    /// The summary as text, with up to 50 problems of each kind.
     pub fn human(&self) -> String {
         let mut s = format!(
             "queue: {}\nvalid: {}\nsent: {}{}\nfailed: {}\ninvalid: {}\n",
@@ -99,14 +147,14 @@ impl EnqueueSummary {
             self.invalid.len()
         );
         for p in self.invalid.iter().take(50) {
-            s.push_str(&format!("  line {}: invalid: {}\n", p.line, p.reason));
+            let _ = writeln!(s, "  line {}: invalid: {}", p.line, p.reason);
         }
         for p in self.failed.iter().take(50) {
-            s.push_str(&format!("  line {}: not sent: {}\n", p.line, p.reason));
+            let _ = writeln!(s, "  line {}: not sent: {}", p.line, p.reason);
         }
         let hidden = self.invalid.len().saturating_sub(50) + self.failed.len().saturating_sub(50);
         if hidden > 0 {
-            s.push_str(&format!("  ... and {hidden} more\n"));
+            let _ = writeln!(s, "  ... and {hidden} more");
         }
         s
     }
@@ -115,7 +163,9 @@ impl EnqueueSummary {
 /// A body ready to send, with the input line it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Body {
+    /// The input line, from 1.
     pub line: u64,
+    /// The JSON body.
     pub text: String,
 }
 
@@ -167,6 +217,7 @@ pub fn read_file(path: &Path) -> Result<(Vec<Body>, Vec<LineProblem>), EnqueueEr
     }
 }
 
+/// Bodies and refused lines of a JSON-lines text; blank lines are skipped.
 pub fn parse_jsonl(text: &str) -> (Vec<Body>, Vec<LineProblem>) {
     let mut ok = Vec::new();
     let mut bad = Vec::new();
@@ -219,7 +270,7 @@ fn read_csv(path: &Path) -> Result<(Vec<Body>, Vec<LineProblem>), EnqueueError> 
         let rec = match rec {
             Ok(rec) => rec,
             Err(e) => {
-                let line = e.position().map(|p| p.line()).unwrap_or(0);
+                let line = e.position().map_or(0, csv::Position::line);
                 bad.push(LineProblem {
                     line,
                     reason: e.to_string(),
@@ -227,7 +278,7 @@ fn read_csv(path: &Path) -> Result<(Vec<Body>, Vec<LineProblem>), EnqueueError> 
                 continue;
             }
         };
-        let line = rec.position().map(|p| p.line()).unwrap_or(0);
+        let line = rec.position().map_or(0, csv::Position::line);
         let mut obj = Map::new();
         for (h, v) in headers.iter().zip(rec.iter()) {
             obj.insert(h.to_string(), Value::String(v.to_string()));

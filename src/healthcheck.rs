@@ -6,14 +6,29 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+/// Why the probe got no status code.
 #[derive(Debug, thiserror::Error)]
 pub enum HealthcheckError {
+    /// The URL is not of the one form the probe speaks.
     #[error("{url}: only http://HOST:PORT/PATH URLs are supported")]
-    Url { url: String },
+    Url {
+        /// The URL as given.
+        url: String,
+    },
+    /// No connection, or the request or answer failed on the wire.
     #[error("cannot reach {url}: {source}")]
-    Connect { url: String, source: std::io::Error },
+    Connect {
+        /// The URL as given.
+        url: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The answer did not start with an HTTP status line.
     #[error("{url}: no HTTP status line in the answer")]
-    Answer { url: String },
+    Answer {
+        /// The URL as given.
+        url: String,
+    },
 }
 
 /// The HTTP status code `url` answers with, within `timeout`.

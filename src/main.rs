@@ -139,8 +139,8 @@ struct SimulateArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(a) => return run(a),
-        Command::CheckConfig(a) => return check_config(a),
+        Command::Run(a) => return run(&a),
+        Command::CheckConfig(a) => return check_config(&a),
         Command::Healthcheck(a) => {
             let timeout = std::time::Duration::from_secs(a.timeout_secs.max(1));
             return match fanout::healthcheck::probe(&a.url, timeout) {
@@ -164,13 +164,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Simulate(a) => simulate(a),
+        Command::Simulate(a) => simulate(&a),
         Command::Enqueue(a) => match enqueue(a) {
             // Some lines refused or not sent: the summary said which.
             Ok(false) => return ExitCode::FAILURE,
             other => other.map(|_| ()),
         },
-        Command::Status(a) => status(a),
+        Command::Status(a) => status(&a),
         Command::Run(_) | Command::CheckConfig(_) | Command::Healthcheck(_) => {
             unreachable!("handled above")
         }
@@ -193,7 +193,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// Exit 2 on an unusable config (every problem listed), 1 on a runtime
 /// failure, 0 after a shutdown by signal.
-fn run(a: RunArgs) -> ExitCode {
+fn run(a: &RunArgs) -> ExitCode {
     // Every problem at once, the AWS-only ones included (as check-config).
     match fanout::check::check_config(&a.config) {
         Ok(problems) if problems.is_empty() => {}
@@ -249,7 +249,7 @@ fn run(a: RunArgs) -> ExitCode {
     }
 }
 
-fn check_config(a: CheckConfigArgs) -> ExitCode {
+fn check_config(a: &CheckConfigArgs) -> ExitCode {
     match fanout::check::check_config(&a.file) {
         Ok(problems) if problems.is_empty() => {
             println!("ok");
@@ -302,7 +302,7 @@ fn enqueue(a: EnqueueArgs) -> Result<bool> {
     Ok(summary.ok())
 }
 
-fn status(a: StatusArgs) -> Result<()> {
+fn status(a: &StatusArgs) -> Result<()> {
     let cfg = Config::load(&a.config)?;
     let s = runtime()?.block_on(fanout::status::status(&cfg, a.controller.as_deref()))?;
     if a.json {
@@ -326,19 +326,18 @@ fn suffixed(path: &std::path::Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-fn simulate(a: SimulateArgs) -> Result<()> {
+fn simulate(a: &SimulateArgs) -> Result<()> {
     let scenario = match &a.scenario {
         Some(p) => Scenario::load(p)?,
         None => Scenario::builtin("exchange-227k").context("built-in scenario missing")?,
     };
-    let config = match &a.config {
-        Some(p) => Config::load(p)?,
-        None => {
-            let mut c = Config::default();
-            c.controller.ceiling = scenario.ceiling;
-            c.controller.account_limit = Some(scenario.lambda.account_limit.max(scenario.ceiling));
-            c
-        }
+    let config = if let Some(p) = &a.config {
+        Config::load(p)?
+    } else {
+        let mut c = Config::default();
+        c.controller.ceiling = scenario.ceiling;
+        c.controller.account_limit = Some(scenario.lambda.account_limit.max(scenario.ceiling));
+        c
     };
     let seed = a.seed.unwrap_or(scenario.seed);
     if scenario.workload.bulk + scenario.workload.priority == 0

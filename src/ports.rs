@@ -12,24 +12,36 @@ use crate::metrics::{Counter, Gauge};
 pub enum PortError {
     /// The service asked us to slow down; retry later with backoff.
     #[error("throttled by {service} ({code})")]
-    Throttled { service: &'static str, code: String },
+    Throttled {
+        /// The service that answered, by its short name (e.g. "sqs").
+        service: &'static str,
+        /// The service's error code.
+        code: String,
+    },
     /// A transient failure (5xx, timeout, connection reset); retry.
     #[error("transient error from {service} ({code}): {message}")]
     Transient {
+        /// The service that answered, by its short name (e.g. "sqs").
         service: &'static str,
+        /// The service's error code.
         code: String,
+        /// The service's message.
         message: String,
     },
     /// The request can never succeed as sent (bad input, missing permission).
     #[error("permanent error from {service} ({code}): {message}")]
     Permanent {
+        /// The service that answered, by its short name (e.g. "sqs").
         service: &'static str,
+        /// The service's error code.
         code: String,
+        /// The service's message.
         message: String,
     },
 }
 
 impl PortError {
+    /// Throttled and transient errors may succeed later; permanent ones not.
     pub fn is_retryable(&self) -> bool {
         !matches!(self, PortError::Permanent { .. })
     }
@@ -42,6 +54,7 @@ pub struct Message {
     pub id: String,
     /// Receipt handle of this delivery; needed to delete or hide it.
     pub receipt: String,
+    /// The message body as sent.
     pub body: String,
     /// ApproximateReceiveCount including this delivery.
     pub receive_count: u32,
@@ -52,6 +65,7 @@ pub struct Message {
 pub struct EntryFailure {
     /// Index of the entry in the request.
     pub index: usize,
+    /// Why that entry failed.
     pub error: PortError,
 }
 
@@ -89,8 +103,11 @@ pub trait WorkQueue: Send + Sync {
 /// A message to send.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct OutgoingMessage {
+    /// The body to send.
     pub body: String,
+    /// How long SQS keeps it invisible after sending.
     pub delay: Duration,
+    /// String message attributes, as (name, value).
     pub attributes: Vec<(String, String)>,
 }
 
@@ -108,12 +125,15 @@ pub enum StartOutcome {
 /// One page of running executions, newest first.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ExecutionPage {
+    /// Execution names on this page.
     pub names: Vec<String>,
+    /// The token for the next page; None on the last.
     pub next_token: Option<String>,
 }
 
 /// Step Functions, for one state machine.
 pub trait Executions: Send + Sync {
+    /// StartExecution with this name and input.
     fn start(
         &self,
         name: &str,

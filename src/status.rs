@@ -1,6 +1,8 @@
 //! `fanout status`: queue depths, running executions and the ceiling, as a
 //! short table or one JSON object.
 
+use std::fmt::Write as _;
+
 use serde::Serialize;
 
 use crate::aws::Clients;
@@ -9,27 +11,47 @@ use crate::aws::sqs::{Depth, SqsError, SqsQueue};
 use crate::config::Config;
 use crate::ports::Executions;
 
+/// Why `fanout status` could not report.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
+    /// A queue's depth could not be read.
     #[error(transparent)]
     Queue(#[from] SqsError),
+    /// Running executions could not be counted.
     #[error(transparent)]
     Executions(#[from] SfnError),
+    /// `--controller` is not of the form `http://HOST:PORT`.
     #[error("--controller {url}: expected http://HOST:PORT")]
-    ControllerUrl { url: String },
+    ControllerUrl {
+        /// The URL as given.
+        url: String,
+    },
+    /// The controller's /metrics could not be fetched in time.
     #[error("GET {url}/metrics: {source}")]
-    Controller { url: String, source: std::io::Error },
+    Controller {
+        /// The controller's base URL.
+        url: String,
+        /// The I/O error (`TimedOut` after 3 s).
+        source: std::io::Error,
+    },
 }
 
 /// What a running controller reports on its /metrics.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
 pub struct ControllerView {
+    /// The first reconcile is done (`fanout_ready`).
     pub ready: bool,
+    /// Executions the controller believes running.
     pub running_executions: f64,
+    /// Messages received and not yet settled.
     pub in_hand: f64,
+    /// Messages admission may receive now.
     pub budget: f64,
+    /// Running executions the ceiling allows.
     pub target_running: f64,
+    /// Learned Lambda concurrency per execution (k̂).
     pub lambdas_per_execution: f64,
+    /// Executions started since the controller started.
     pub starts: f64,
 }
 
@@ -87,21 +109,31 @@ pub async fn fetch_controller(url: &str) -> Result<ControllerView, StatusError> 
     Ok(parse_metrics(&text))
 }
 
+/// One configured queue's depths.
 #[derive(Debug, Clone, Serialize)]
 pub struct QueueStatus {
+    /// The queue's name in the config.
     pub name: String,
+    /// Messages available to receive.
     pub visible: u64,
+    /// Messages received and not yet deleted or visible again.
     pub in_flight: u64,
+    /// Messages sent with a delay not yet over.
     pub delayed: u64,
     /// Every message in the DLQ (visible, in flight and delayed).
     pub dlq: u64,
 }
 
+/// What `fanout status` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
+    /// Every configured queue, in config order.
     pub queues: Vec<QueueStatus>,
+    /// RUNNING executions of the state machine, every page counted.
     pub running_executions: u64,
+    /// The configured Lambda concurrency ceiling.
     pub ceiling: u32,
+    /// The most Lambdas one execution can run at once, from the config.
     pub max_lambdas_per_execution: f64,
     /// Running executions allowed before anything is learned:
     /// ceiling / max_lambdas_per_execution (the controller's cold target).
@@ -118,33 +150,43 @@ pub struct Status {
 }
 
 impl Status {
+    /// The status as a short text table.
     pub fn table(&self) -> String {
         let mut s = format!(
             "{:<12} {:>10} {:>10} {:>10} {:>10}\n",
             "queue", "visible", "in_flight", "delayed", "dlq"
         );
         for q in &self.queues {
-            s.push_str(&format!(
-                "{:<12} {:>10} {:>10} {:>10} {:>10}\n",
+            let _ = writeln!(
+                s,
+                "{:<12} {:>10} {:>10} {:>10} {:>10}",
                 q.name, q.visible, q.in_flight, q.delayed, q.dlq
-            ));
+            );
         }
-        s.push_str(&format!(
-            "running executions: {}\nceiling: {} Lambdas (cold target {} executions at {} per execution)\n",
+        let _ = writeln!(
+            s,
+            "running executions: {}\nceiling: {} Lambdas (cold target {} executions at {} per execution)",
             self.running_executions, self.ceiling, self.cold_target, self.max_lambdas_per_execution
-        ));
+        );
         match self.remembered_lambdas_per_execution {
-            Some(k) => s.push_str(&format!(
-                "remembered lambdas per execution: {k:.3} (a new controller starts there)\n"
-            )),
-            None => s.push_str(&format!(
-                "remembered lambdas per execution: none (a new controller starts at {})\n",
-                self.max_lambdas_per_execution
-            )),
+            Some(k) => {
+                let _ = writeln!(
+                    s,
+                    "remembered lambdas per execution: {k:.3} (a new controller starts there)"
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "remembered lambdas per execution: none (a new controller starts at {})",
+                    self.max_lambdas_per_execution
+                );
+            }
         }
         if let Some(c) = &self.controller {
-            s.push_str(&format!(
-                "controller: {}, running {}, in hand {}, budget {}, target {}, lambdas per execution {:.3}, starts {}\n",
+            let _ = writeln!(
+                s,
+                "controller: {}, running {}, in hand {}, budget {}, target {}, lambdas per execution {:.3}, starts {}",
                 if c.ready { "ready" } else { "not ready" },
                 c.running_executions,
                 c.in_hand,
@@ -152,12 +194,16 @@ impl Status {
                 c.target_running,
                 c.lambdas_per_execution,
                 c.starts
-            ));
+            );
         }
         for (f, r) in &self.reserved_concurrency {
             match r {
-                Some(n) => s.push_str(&format!("reserved concurrency {f}: {n}\n")),
-                None => s.push_str(&format!("reserved concurrency {f}: none\n")),
+                Some(n) => {
+                    let _ = writeln!(s, "reserved concurrency {f}: {n}");
+                }
+                None => {
+                    let _ = writeln!(s, "reserved concurrency {f}: none");
+                }
             }
         }
         s
@@ -221,13 +267,15 @@ pub async fn status(cfg: &Config, controller: Option<&str>) -> Result<Status, St
         running_executions: running,
         ceiling: c.ceiling,
         max_lambdas_per_execution: c.max_lambdas_per_execution,
-        cold_target: (c.ceiling as f64 / c.max_lambdas_per_execution).floor() as u64,
+        cold_target: (f64::from(c.ceiling) / c.max_lambdas_per_execution).floor() as u64,
         remembered_lambdas_per_execution: remembered,
         reserved_concurrency: reserved,
         controller: view,
     })
 }
 
+// The tests compare results of exact arithmetic.
+#[allow(clippy::float_cmp)]
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,16 +24,23 @@ use crate::ports::MetricsSink;
 /// long poll, so a minute of silence means it is stuck.
 pub const STALL_AFTER: Duration = Duration::from_secs(60);
 
+/// Why the HTTP server stopped or never started.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
+    /// The listen address could not be bound.
     #[error("cannot listen on {addr} (config http.listen): {source}")]
     Bind {
+        /// The address from `http.listen`.
         addr: String,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The server failed while serving.
     #[error("HTTP server on {addr} failed: {source}")]
     Serve {
+        /// The address from `http.listen`.
         addr: String,
+        /// The I/O error.
         source: std::io::Error,
     },
 }
@@ -75,6 +82,8 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
+    /// An empty registry reporting `ceiling`; not healthy until the first
+    /// snapshot.
     pub fn new(ceiling: u32) -> Telemetry {
         let mut inner = Inner::default();
         for r in RELOAD_RESULTS {
@@ -98,7 +107,9 @@ impl Telemetry {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Record the controller's latest snapshot (and that it is alive).
@@ -108,6 +119,8 @@ impl Telemetry {
         i.updated = Some(Instant::now());
     }
 
+    /// Set a queue's approximate message count in one state (`visible`,
+    /// `in_flight`, `delayed`, `dead_letter`).
     pub fn set_depth(&self, queue: &str, state: &'static str, n: u64) {
         self.lock().depths.insert((queue.to_string(), state), n);
     }

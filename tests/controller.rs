@@ -204,7 +204,10 @@ async fn a_reloaded_ceiling_is_followed_down_and_up_without_loss() {
         tokio::time::sleep(Duration::from_secs(400)).await;
         let before = peak(300, 400);
         let changes = ctl.reload(config(120), "test").unwrap();
-        let shown: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
+        let shown: Vec<String> = changes
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect();
         assert_eq!(shown, ["controller.ceiling: 300 -> 120"]);
         assert_eq!(ctl.config().borrow().controller.ceiling, 120);
         tokio::time::sleep(Duration::from_secs(400)).await;

@@ -137,8 +137,7 @@ fn embedded_definition(template: &str) -> String {
     let indent = body
         .iter()
         .find(|l| !l.trim().is_empty())
-        .map(|l| l.len() - l.trim_start().len())
-        .unwrap_or(0);
+        .map_or(0, |l| l.len() - l.trim_start().len());
     body.iter()
         .map(|l| l.get(indent..).unwrap_or(""))
         .collect::<Vec<_>>()

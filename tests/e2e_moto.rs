@@ -4,6 +4,7 @@
 //! `scripts/test.sh`) and kills it when done.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -39,7 +40,7 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<(u16
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    let body = out.split_once("\r\n\r\n").map_or("", |x| x.1);
     Ok((status, body.to_string()))
 }
 
@@ -49,6 +50,14 @@ fn child_env(cmd: &mut Command) -> &mut Command {
         .env("AWS_REGION", "us-east-1")
         .env_remove("AWS_PROFILE")
         .env_remove("AWS_SESSION_TOKEN")
+}
+
+/// Run the fanout binary with `args` and the emulator's credentials.
+fn run_fanout(args: &[&str]) -> std::process::Output {
+    child_env(&mut Command::new(BIN))
+        .args(args)
+        .output()
+        .expect("cannot run fanout")
 }
 
 /// A moto server of our own, killed on drop.
@@ -236,22 +245,15 @@ state_machine_arn = "{arn}"
         }
     }
 
-    fn fanout(&self, args: &[&str]) -> std::process::Output {
-        child_env(&mut Command::new(BIN))
-            .args(args)
-            .output()
-            .expect("cannot run fanout")
-    }
-
     /// Enqueue `n` bulk companies `c0001..` through `fanout enqueue --file`.
     fn enqueue_bulk(&self, n: usize) {
         let csv = self.dir.path().join("companies.csv");
         let mut text = String::from("company_id,region\n");
         for i in 1..=n {
-            text.push_str(&format!("c{i:04},eu\n"));
+            let _ = writeln!(text, "c{i:04},eu");
         }
         std::fs::write(&csv, text).unwrap();
-        let out = self.fanout(&[
+        let out = run_fanout(&[
             "enqueue",
             "--config",
             self.config.to_str().unwrap(),
@@ -529,7 +531,7 @@ async fn drains_bulk_and_priority_at_the_ceiling() {
     env.enqueue_bulk(300);
     for i in 1..=5 {
         let id = format!("p{i}");
-        let out = env.fanout(&[
+        let out = run_fanout(&[
             "enqueue",
             "--config",
             env.config.to_str().unwrap(),
@@ -564,7 +566,7 @@ async fn drains_bulk_and_priority_at_the_ceiling() {
     assert!(metrics.contains("fanout_starts_total"), "{metrics}");
 
     let url = format!("http://127.0.0.1:{}", env.http_port);
-    let status = env.fanout(&[
+    let status = run_fanout(&[
         "status",
         "--config",
         env.config.to_str().unwrap(),
@@ -928,6 +930,16 @@ fn metric(port: u16, series: &str) -> Option<f64> {
 /// invalid one and one that needs a restart are refused (logged with the
 /// field, the old config kept), SIGHUP applies a change the poll was told
 /// to ignore; all in one process that keeps serving and draining.
+// Wait (at most `secs`) until /metrics shows `series` at `value`.
+async fn until(ctl: &mut Controller, port: u16, series: &str, value: f64, secs: u64) {
+    ctl.wait_for(
+        Duration::from_secs(secs),
+        || format!("{series} never {value} (now {:?})", metric(port, series)),
+        async || metric(port, series) == Some(value),
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_reloads_on_file_change_and_sighup_without_a_restart() {
     let t0 = Instant::now();
@@ -947,15 +959,6 @@ async fn config_reloads_on_file_change_and_sighup_without_a_restart() {
     let port = env.http_port;
     let applied = "fanout_config_reloads_total{result=\"applied\"}";
     let refused = "fanout_config_reloads_total{result=\"refused\"}";
-    // Wait (at most `secs`) until /metrics shows `series` at `value`.
-    async fn until(ctl: &mut Controller, port: u16, series: &str, value: f64, secs: u64) {
-        ctl.wait_for(
-            Duration::from_secs(secs),
-            || format!("{series} never {value} (now {:?})", metric(port, series)),
-            async || metric(port, series) == Some(value),
-        )
-        .await;
-    }
     until(&mut ctl, port, "fanout_ready", 1.0, 20).await;
     assert_eq!(metric(port, "fanout_ceiling"), Some(20.0));
     assert_eq!(metric(port, applied), Some(0.0));

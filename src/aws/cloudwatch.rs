@@ -19,11 +19,15 @@ const SERVICE: &str = "monitoring";
 /// few hours back (the controller only needs recent minutes).
 const MAX_LOOKBACK_S: u64 = 3 * 3600;
 
+/// Why publishing fanout's metrics failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CloudWatchError {
+    /// A PutMetricData call failed.
     #[error("PutMetricData to namespace {namespace}: {source}")]
     Put {
+        /// The metrics namespace.
         namespace: String,
+        /// The call's error.
         source: PortError,
     },
 }
@@ -36,6 +40,7 @@ pub struct LambdaConcurrency {
 }
 
 impl LambdaConcurrency {
+    /// Summed over `functions`; account-wide when it is empty.
     pub fn new(client: Client, functions: Vec<String>) -> LambdaConcurrency {
         LambdaConcurrency { client, functions }
     }
@@ -44,8 +49,7 @@ impl LambdaConcurrency {
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn query(id: String, function: Option<&str>) -> MetricDataQuery {
@@ -99,8 +103,8 @@ impl ConcurrencyMetrics for LambdaConcurrency {
             let out = self
                 .client
                 .get_metric_data()
-                .start_time(DateTime::from_secs(start as i64))
-                .end_time(DateTime::from_secs(now as i64 + 60))
+                .start_time(DateTime::from_secs(start.cast_signed()))
+                .end_time(DateTime::from_secs(now.cast_signed() + 60))
                 .set_metric_data_queries(Some(queries.clone()))
                 .set_next_token(token.take())
                 .send()
@@ -166,6 +170,7 @@ pub struct MetricPublisher {
 }
 
 impl MetricPublisher {
+    /// A publisher into the CloudWatch namespace `namespace`.
     pub fn new(client: Client, namespace: impl Into<String>) -> MetricPublisher {
         MetricPublisher {
             client,

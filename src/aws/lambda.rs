@@ -9,10 +9,17 @@ use crate::ports::PortError;
 
 const SERVICE: &str = "lambda";
 
+/// Why reading a function's reserved concurrency failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LambdaError {
+    /// A GetFunctionConcurrency call failed.
     #[error("GetFunctionConcurrency for {function}: {source}")]
-    Concurrency { function: String, source: PortError },
+    Concurrency {
+        /// The function asked about.
+        function: String,
+        /// The call's error.
+        source: PortError,
+    },
 }
 
 /// Reserved concurrency per function (`None`: not reserved, uses the

@@ -31,13 +31,19 @@ pub async fn sdk_config(aws: &AwsConfig) -> aws_config::SdkConfig {
 /// Clients for everything fanout talks to.
 #[derive(Clone, Debug)]
 pub struct Clients {
+    /// SQS: the work queues and their DLQs.
     pub sqs: aws_sdk_sqs::Client,
+    /// Step Functions: the state machine's executions.
     pub sfn: aws_sdk_sfn::Client,
+    /// CloudWatch: Lambda concurrency in, fanout's metrics out.
     pub cloudwatch: aws_sdk_cloudwatch::Client,
+    /// Lambda: the functions' reserved concurrency.
     pub lambda: aws_sdk_lambda::Client,
 }
 
 impl Clients {
+    /// Every client from one SDK config: the region, endpoint and
+    /// credentials of `aws`.
     pub async fn new(aws: &AwsConfig) -> Clients {
         let c = sdk_config(aws).await;
         Clients {
@@ -71,8 +77,7 @@ where
     let code = err.code().unwrap_or("").to_string();
     let message = err
         .message()
-        .map(str::to_string)
-        .unwrap_or_else(|| aws_smithy_error_text(err));
+        .map_or_else(|| aws_smithy_error_text(err), str::to_string);
     match err {
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();

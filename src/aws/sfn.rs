@@ -27,15 +27,20 @@ fn parse_tag_value(value: &str, def: &str) -> Option<f64> {
     k.parse::<f64>().ok().filter(|k| k.is_finite() && *k > 0.0)
 }
 
+/// Why counting running executions failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SfnError {
+    /// A ListExecutions call failed.
     #[error("ListExecutions(RUNNING) on {state_machine_arn}: {source}")]
     List {
+        /// The state machine listed.
         state_machine_arn: String,
+        /// The call's error.
         source: PortError,
     },
 }
 
+/// `Executions` for one state machine.
 #[derive(Clone, Debug)]
 pub struct SfnExecutions {
     client: Client,
@@ -43,6 +48,7 @@ pub struct SfnExecutions {
 }
 
 impl SfnExecutions {
+    /// The executions of the state machine `state_machine_arn`.
     pub fn new(client: Client, state_machine_arn: impl Into<String>) -> SfnExecutions {
         SfnExecutions {
             client,
@@ -97,7 +103,7 @@ impl Executions for SfnExecutions {
             Ok(_) => Ok(StartOutcome::Started),
             Err(e)
                 if e.as_service_error()
-                    .is_some_and(|se| se.is_execution_already_exists()) =>
+                    .is_some_and(aws_sdk_sfn::operation::start_execution::StartExecutionError::is_execution_already_exists) =>
             {
                 Ok(StartOutcome::AlreadyExists)
             }

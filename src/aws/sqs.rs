@@ -15,17 +15,23 @@ use crate::ports::{EntryFailure, Message, OutgoingMessage, PortError, WorkQueue}
 
 const SERVICE: &str = "sqs";
 
+/// Why an SQS request failed outside the `WorkQueue` port.
 #[derive(Debug, thiserror::Error)]
 pub enum SqsError {
     /// A request could not even be built (a required field missing).
     #[error("building the SQS request for {queue_url}: {source}")]
     Build {
+        /// The queue addressed.
         queue_url: String,
+        /// The SDK's error.
         source: aws_sdk_sqs::error::BuildError,
     },
+    /// A GetQueueAttributes call failed.
     #[error("GetQueueAttributes on {queue_url}: {source}")]
     Attributes {
+        /// The queue addressed.
         queue_url: String,
+        /// The call's error.
         source: PortError,
     },
 }
@@ -40,12 +46,18 @@ pub struct SqsQueue {
 /// Approximate message counts of a queue.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Depth {
+    /// Messages available to receive (ApproximateNumberOfMessages).
     pub visible: u64,
+    /// Messages received and not yet deleted or visible again
+    /// (ApproximateNumberOfMessagesNotVisible).
     pub in_flight: u64,
+    /// Messages sent with a delay not yet over
+    /// (ApproximateNumberOfMessagesDelayed).
     pub delayed: u64,
 }
 
 impl SqsQueue {
+    /// The queue at `url`.
     pub fn new(client: Client, url: impl Into<String>) -> SqsQueue {
         SqsQueue {
             client,
@@ -53,6 +65,7 @@ impl SqsQueue {
         }
     }
 
+    /// The queue's URL.
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -128,7 +141,7 @@ impl WorkQueue for SqsQueue {
             .client
             .receive_message()
             .queue_url(&self.url)
-            .max_number_of_messages(max.clamp(1, 10) as i32)
+            .max_number_of_messages(i32::try_from(max.clamp(1, 10)).unwrap_or(10))
             .visibility_timeout(secs_i32(visibility))
             .wait_time_seconds(secs_i32(wait).min(20))
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)

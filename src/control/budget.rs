@@ -32,7 +32,7 @@ impl Params {
     /// that can never exceed the ceiling.
     pub fn fixed_cap(&self) -> u32 {
         self.fixed_max_running.unwrap_or_else(|| {
-            ((self.ceiling as f64) / self.max_lambdas_per_execution).floor() as u32
+            (f64::from(self.ceiling) / self.max_lambdas_per_execution).floor() as u32
         })
     }
 }
@@ -40,6 +40,7 @@ impl Params {
 /// Inputs of one admission decision.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Inputs {
+    /// The decision's time.
     pub now: Secs,
     /// Running executions (ledger, ours and foreign).
     pub running: usize,
@@ -271,6 +272,8 @@ impl Admission {
     }
 }
 
+// The tests compare results of exact arithmetic.
+#[allow(clippy::float_cmp)]
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,7 +344,7 @@ mod tests {
         let mut a = Admission::new(Policy::Adaptive, &cfg(19_000));
         let mut running = 0usize;
         for s in 0..3600 {
-            let d = a.decide(inputs(s as f64, running, 1.9));
+            let d = a.decide(inputs(f64::from(s), running, 1.9));
             running += d.budget;
             assert!(running as f64 * 1.9 <= 19_000.0 + 1e-6);
         }
@@ -353,7 +356,7 @@ mod tests {
         let mut a = Admission::new(Policy::Adaptive, &cfg(19_000));
         // Warm: running near target with k = 3.
         for s in 0..=400 {
-            a.decide(inputs(s as f64, 6333, 3.0));
+            a.decide(inputs(f64::from(s), 6333, 3.0));
         }
         // k drops to 1.9: target 10,000. Within 10 s at most
         // 10 s × (gap / lifetime + floor rate) may be added.
@@ -396,7 +399,7 @@ mod tests {
         let mut a = Admission::new(Policy::Adaptive, &cfg(300));
         let mut running = 0usize;
         for s in 0..120 {
-            running += a.decide(inputs(s as f64, running, 3.0)).budget;
+            running += a.decide(inputs(f64::from(s), running, 3.0)).budget;
         }
         assert_eq!(running, 100, "at the target of 300 / 3");
         a.reconfigure(&cfg(120));

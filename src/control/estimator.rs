@@ -259,6 +259,8 @@ impl Estimator {
     }
 }
 
+// The tests compare results of exact arithmetic.
+#[allow(clippy::float_cmp)]
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,10 +15,14 @@ struct Entry {
 /// What a reconcile changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ReconcileOutcome {
+    /// Our executions found finished (absent from the listing).
     pub completed: usize,
+    /// Running executions listed that are not ours.
     pub foreign: usize,
 }
 
+/// The executions this controller believes running, ours by name and
+/// others' by count, with the lifetimes and completion rate seen so far.
 #[derive(Debug, Default)]
 pub struct Ledger {
     entries: HashMap<String, Entry>,
@@ -39,6 +43,7 @@ pub struct Ledger {
 const DURATIONS_KEPT: usize = 1024;
 
 impl Ledger {
+    /// An empty ledger.
     pub fn new() -> Ledger {
         Ledger::default()
     }
@@ -160,14 +165,17 @@ impl Ledger {
         self.in_flight() - expected.min(old)
     }
 
+    /// Our executions believed running.
     pub fn ours(&self) -> usize {
         self.entries.len()
     }
 
+    /// Others' running executions at the last reconcile.
     pub fn foreign(&self) -> usize {
         self.foreign
     }
 
+    /// Completions of ours recorded so far, from events and reconciles.
     pub fn completions(&self) -> u64 {
         self.completions
     }
@@ -198,7 +206,7 @@ mod tests {
     use super::*;
 
     fn set(names: &[&str]) -> HashSet<String> {
-        names.iter().map(|s| s.to_string()).collect()
+        names.iter().map(std::string::ToString::to_string).collect()
     }
 
     #[test]
@@ -293,7 +301,7 @@ mod tests {
             l.started(&format!("e{i}"), 0.0);
         }
         for i in 0..100 {
-            l.completed(&format!("e{i}"), (i + 1) as f64);
+            l.completed(&format!("e{i}"), f64::from(i + 1));
         }
         assert_eq!(l.lifetime_quantile(0.9), Some(90.0));
         assert_eq!(l.lifetime_quantile(0.0), Some(1.0));

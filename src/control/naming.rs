@@ -9,14 +9,19 @@ pub const MAX_NAME_LEN: usize = 80;
 /// Step Functions' limit on execution input (UTF-8 bytes).
 pub const MAX_INPUT_BYTES: usize = 256 * 1024;
 
+/// Why a naming template is refused; byte offsets are into the template.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
+    /// A `{` with no `}` after it.
     #[error("unclosed '{{' at byte {0}; write fields as {{name}}")]
     Unclosed(usize),
+    /// `{}` with no field name.
     #[error("empty '{{}}' at byte {0}; name a field, e.g. {{company_id}}")]
     Empty(usize),
+    /// A `}` with no `{` before it.
     #[error("stray '}}' at byte {0}")]
     Stray(usize),
+    /// No part varies with the message, so every name would collide.
     #[error(
         "the template produces the same name for every message; include {{message_id}}, {{hash}} or a body field"
     )]
@@ -27,10 +32,13 @@ pub enum TemplateError {
 /// this reason instead of being retried forever.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unstartable {
+    /// The body does not parse as JSON; the parser's message.
     #[error("body is not valid JSON ({0}); Step Functions input must be JSON")]
     NotJson(String),
+    /// The body's size in bytes is over `MAX_INPUT_BYTES`.
     #[error("body is {0} bytes, over Step Functions' 262144-byte input limit")]
     TooLarge(usize),
+    /// A field the template names is not a top-level field of the body.
     #[error("body has no top-level field \"{0}\" required by naming.template")]
     MissingField(String),
 }
@@ -61,6 +69,8 @@ pub struct Namer {
 }
 
 impl Namer {
+    /// Parse `template`: literal text and `{message_id}`, `{hash}` or
+    /// `{field}` parts.
     pub fn new(template: &str) -> Result<Namer, TemplateError> {
         let mut parts = Vec::new();
         let mut lit = String::new();

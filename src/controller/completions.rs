@@ -46,7 +46,7 @@ where
                         }
                         Some(_) => {}
                         None => {
-                            debug!(message_id = %m.id, "not a Step Functions status event; dropped")
+                            debug!(message_id = %m.id, "not a Step Functions status event; dropped");
                         }
                     }
                 }

@@ -337,7 +337,7 @@ where
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Sleep for `d` unless shutdown is requested first.
@@ -349,7 +349,7 @@ async fn sleep_unless(d: Duration, shutdown: &watch::Receiver<bool>) {
     // biased: the simulator must not depend on tokio's random branch order.
     tokio::select! {
         biased;
-        _ = tokio::time::sleep(d) => {}
+        () = tokio::time::sleep(d) => {}
         _ = s.wait_for(|v| *v) => {}
     }
 }

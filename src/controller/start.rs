@@ -113,10 +113,10 @@ where
         {
             Ok(f) if f.is_empty() => return Some(Instant::now() + vis),
             Ok(f) => {
-                warn!(message_id = %m.id, error = %f[0].error, "could not extend visibility")
+                warn!(message_id = %m.id, error = %f[0].error, "could not extend visibility");
             }
             Err(e) => {
-                warn!(message_id = %m.id, error = %e, "could not extend visibility")
+                warn!(message_id = %m.id, error = %e, "could not extend visibility");
             }
         }
         None

@@ -150,7 +150,7 @@ pub async fn simulate(opts: SimOptions) -> Result<(Report, Timeline), Controller
         let mut rx = replica_rx.clone();
         tokio::select! {
             biased;
-            _ = tokio::time::sleep(Duration::from_secs_f64(at)) => {}
+            () = tokio::time::sleep(Duration::from_secs_f64(at)) => {}
             _ = rx.wait_for(|v| *v) => return 0,
         }
         match Controller::new(

@@ -51,13 +51,13 @@ pub fn plot(path: &Path, runs: &[Run<'_>], ceiling: u32, title: &str) -> Result<
     let size = (1200, 800);
     let result = match path.extension().and_then(|e| e.to_str()) {
         Some("svg") => draw(
-            SVGBackend::new(path, size).into_drawing_area(),
+            &SVGBackend::new(path, size).into_drawing_area(),
             runs,
             ceiling,
             title,
         ),
         Some("png") => draw(
-            BitMapBackend::new(path, size).into_drawing_area(),
+            &BitMapBackend::new(path, size).into_drawing_area(),
             runs,
             ceiling,
             title,
@@ -89,7 +89,7 @@ const COLORS: [RGBColor; 4] = [
 ];
 
 fn draw<DB: DrawingBackend>(
-    root: DrawingArea<DB, Shift>,
+    root: &DrawingArea<DB, Shift>,
     runs: &[Run<'_>],
     ceiling: u32,
     title: &str,

@@ -36,7 +36,10 @@ impl Shared {
     /// The world, advanced to now.
     pub fn at_now(&self) -> MutexGuard<'_, World> {
         let now = self.now_s();
-        let mut w = self.world.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = self
+            .world
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         w.advance(now);
         w
     }

@@ -1,6 +1,7 @@
 //! The run report. Field names are stable: other tools parse them.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
@@ -100,7 +101,7 @@ impl Timeline {
             let peak = self.peak.get(t).copied().unwrap_or(0);
             let run = self.running.get(t).copied().unwrap_or(0);
             let depth = self.backlog.get(t).copied().unwrap_or(0);
-            out.push_str(&format!("{t},{c:.1},{peak},{run},{depth}\n"));
+            let _ = writeln!(out, "{t},{c:.1},{peak},{run},{depth}");
         }
         out
     }
@@ -214,7 +215,9 @@ impl Report {
     /// The human summary: the same fields, aligned.
     pub fn human(&self) -> String {
         let mut s = String::new();
-        let mut line = |k: &str, v: String| s.push_str(&format!("  {k:<26}{v}\n"));
+        let mut line = |k: &str, v: String| {
+            let _ = writeln!(s, "  {k:<26}{v}");
+        };
         line("scenario", self.scenario.clone());
         line("policy", self.policy.clone());
         line("seed", self.seed.to_string());
@@ -305,9 +308,9 @@ pub fn table(reports: &[&Report]) -> String {
     };
     let mut out = String::new();
     for f in fields {
-        out.push_str(&format!("  {f:<26}"));
+        let _ = write!(out, "  {f:<26}");
         for v in &values {
-            out.push_str(&format!("{:>14}", cell(&v[f])));
+            let _ = write!(out, "{:>14}", cell(&v[f]));
         }
         out.push('\n');
     }
@@ -322,7 +325,7 @@ pub fn table(reports: &[&Report]) -> String {
         })
         .collect();
     for (r, c) in reports.iter().zip(calls) {
-        out.push_str(&format!("  api_calls[{}]: {c}\n", r.policy));
+        let _ = writeln!(out, "  api_calls[{}]: {c}", r.policy);
     }
     out
 }

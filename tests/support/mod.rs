@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 /// A scripted StartExecution reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reply {
+pub(crate) enum Reply {
     Started,
     Throttled,
     Transient,
@@ -30,7 +30,7 @@ pub enum Reply {
 
 /// One call the controller made.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Call {
+pub(crate) enum Call {
     Receive {
         queue: String,
         max: usize,
@@ -59,7 +59,7 @@ pub enum Call {
 
 /// A call and when it was made, since the fake was built.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Logged {
+pub(crate) struct Logged {
     pub at: Duration,
     pub call: Call,
 }
@@ -83,7 +83,7 @@ struct Inner {
 
 /// The fake account: every handle shares it.
 #[derive(Clone)]
-pub struct Fake {
+pub(crate) struct Fake {
     inner: Arc<Mutex<Inner>>,
     t0: Instant,
 }
@@ -95,7 +95,7 @@ impl Default for Fake {
 }
 
 impl Fake {
-    pub fn new() -> Fake {
+    pub(crate) fn new() -> Fake {
         Fake {
             inner: Arc::new(Mutex::new(Inner::default())),
             t0: Instant::now(),
@@ -112,7 +112,7 @@ impl Fake {
     }
 
     /// Put `count` messages `{prefix}-{i}` (body `{}`) on `queue`.
-    pub fn fill(&self, queue: &str, prefix: &str, count: usize) {
+    pub(crate) fn fill(&self, queue: &str, prefix: &str, count: usize) {
         let now = Instant::now();
         let mut inner = self.inner();
         let q = inner.queues.entry(queue.to_string()).or_default();
@@ -125,7 +125,7 @@ impl Fake {
     }
 
     /// StartExecution of `name` answers `replies` in turn, then the default.
-    pub fn script(&self, name: &str, replies: &[Reply]) {
+    pub(crate) fn script(&self, name: &str, replies: &[Reply]) {
         self.inner()
             .scripts
             .insert(name.to_string(), replies.iter().copied().collect());
@@ -133,21 +133,21 @@ impl Fake {
 
     /// What StartExecution answers once a name's script is used up
     /// (Started unless set).
-    pub fn default_reply(&self, reply: Reply) {
+    pub(crate) fn default_reply(&self, reply: Reply) {
         self.inner().default_reply = Some(reply);
     }
 
     /// Every call so far, in order.
-    pub fn log(&self) -> Vec<Logged> {
+    pub(crate) fn log(&self) -> Vec<Logged> {
         self.inner().log.clone()
     }
 
     /// Messages still on `queue`, visible or not.
-    pub fn left(&self, queue: &str) -> usize {
+    pub(crate) fn left(&self, queue: &str) -> usize {
         self.inner().queues.get(queue).map_or(0, Vec::len)
     }
 
-    pub fn queue(&self, name: &str) -> FakeQueue {
+    pub(crate) fn queue(&self, name: &str) -> FakeQueue {
         self.inner().queues.entry(name.to_string()).or_default();
         FakeQueue {
             name: name.to_string(),
@@ -156,7 +156,7 @@ impl Fake {
     }
 
     /// Sources in priority order, each with a DLQ named `{name}-dlq`.
-    pub fn backends(&self, queues: &[&str]) -> Backends<FakeQueue, Fake, Fake, NoMetrics> {
+    pub(crate) fn backends(&self, queues: &[&str]) -> Backends<FakeQueue, Fake, Fake, NoMetrics> {
         Backends {
             sources: queues
                 .iter()
@@ -195,13 +195,13 @@ impl Fake {
 }
 
 /// The MessageId a receipt was handed out for.
-pub fn id_of(receipt: &str) -> &str {
+pub(crate) fn id_of(receipt: &str) -> &str {
     receipt.split('#').next().unwrap_or(receipt)
 }
 
 /// Run a controller over `fake` for `secs` of virtual time, then shut it
 /// down.
-pub async fn run_for(fake: &Fake, cfg: Config, queues: &[&str], secs: u64) -> RunSummary {
+pub(crate) async fn run_for(fake: &Fake, cfg: Config, queues: &[&str], secs: u64) -> RunSummary {
     let ctl = Controller::new(cfg, Policy::Adaptive, fake.backends(queues), 1).unwrap();
     let (tx, rx) = watch::channel(false);
     let stop = async {
@@ -213,7 +213,7 @@ pub async fn run_for(fake: &Fake, cfg: Config, queues: &[&str], secs: u64) -> Ru
 }
 
 /// A FIFO-ish SQS queue of the fake.
-pub struct FakeQueue {
+pub(crate) struct FakeQueue {
     name: String,
     fake: Fake,
 }

@@ -73,8 +73,8 @@ mod tests {
     }
 
     /// Publish minutes `0..n`; the starts of those readable at `now`.
-    fn starts(model: CloudWatchModel, n: u64, now: f64) -> Vec<u64> {
-        let mut cw = CloudWatch::new(&model);
+    fn starts(model: &CloudWatchModel, n: u64, now: f64) -> Vec<u64> {
+        let mut cw = CloudWatch::new(model);
         let mut rng = StdRng::seed_from_u64(7);
         for m in 0..n {
             cw.publish(minute(m * 60), &mut rng);
@@ -106,8 +106,8 @@ mod tests {
             missing_probability: 1.0,
             ..CloudWatchModel::default()
         };
-        assert!(starts(model, 50, 1e9).is_empty());
-        assert_eq!(starts(CloudWatchModel::default(), 50, 1e9).len(), 50);
+        assert!(starts(&model, 50, 1e9).is_empty());
+        assert_eq!(starts(&CloudWatchModel::default(), 50, 1e9).len(), 50);
     }
 
     #[test]
@@ -126,7 +126,7 @@ mod tests {
             .map(|m| m * 60)
             .filter(|&s| !(480..=1020).contains(&s))
             .collect();
-        assert_eq!(starts(model, 30, 1e9), expected);
+        assert_eq!(starts(&model, 30, 1e9), expected);
     }
 
     #[test]

@@ -229,8 +229,8 @@ mod tests {
     const G: u16 = 1;
 
     /// Functions "f" (F) and "g" (G), one task each.
-    fn lambda(model: LambdaModel, other: OtherLoad) -> (Lambda, StdRng) {
-        let mut l = Lambda::new(&model, &other, &["f".to_string(), "g".to_string()]);
+    fn lambda(model: &LambdaModel, other: &OtherLoad) -> (Lambda, StdRng) {
+        let mut l = Lambda::new(model, other, &["f".to_string(), "g".to_string()]);
         assert_eq!(l.add_task("f", 1.0, 0.3), (F, 0));
         assert_eq!(l.add_task("g", 1.0, 0.3), (G, 0));
         (l, StdRng::seed_from_u64(7))
@@ -256,7 +256,7 @@ mod tests {
 
     #[test]
     fn per_function_scaling_admits_a_step_then_a_step_per_period() {
-        let (mut l, mut rng) = lambda(big_account(), OtherLoad::default());
+        let (mut l, mut rng) = lambda(&big_account(), &OtherLoad::default());
         assert_eq!(fill(&mut l, F, 0.0, &mut rng), 1000);
         assert_eq!(fill(&mut l, F, 5.0, &mut rng), 500);
         assert_eq!(fill(&mut l, F, 10.0, &mut rng), 500);
@@ -272,7 +272,7 @@ mod tests {
                 warm_decay_per_minute,
                 ..big_account()
             };
-            let (mut l, mut rng) = lambda(model, OtherLoad::default());
+            let (mut l, mut rng) = lambda(&model, &OtherLoad::default());
             let n = fill(&mut l, F, 0.0, &mut rng) + fill(&mut l, F, 10.0, &mut rng);
             assert_eq!(n, 2000);
             for _ in 0..n {
@@ -290,7 +290,7 @@ mod tests {
             scaling: Scaling::Legacy,
             ..big_account()
         };
-        let (mut l, mut rng) = lambda(model, OtherLoad::default());
+        let (mut l, mut rng) = lambda(&model, &OtherLoad::default());
         assert_eq!(fill(&mut l, F, 0.0, &mut rng), 3000);
         assert_eq!(
             fill(&mut l, G, 0.0, &mut rng),
@@ -306,7 +306,7 @@ mod tests {
             reserved: BTreeMap::from([("f".to_string(), 50)]),
             ..LambdaModel::default()
         };
-        let (mut l, mut rng) = lambda(model, OtherLoad::default());
+        let (mut l, mut rng) = lambda(&model, &OtherLoad::default());
         assert_eq!(fill(&mut l, F, 0.0, &mut rng), 50);
         assert_eq!(fill(&mut l, F, 60.0, &mut rng), 0);
     }
@@ -321,14 +321,14 @@ mod tests {
             reserved: 100,
             ..OtherLoad::default()
         };
-        let (mut l, mut rng) = lambda(model.clone(), other);
+        let (mut l, mut rng) = lambda(&model, &other);
         assert_eq!(fill(&mut l, G, 0.0, &mut rng), 600);
         // Unreserved, the other functions share the pool.
         let other = OtherLoad {
             base: 50.0,
             ..OtherLoad::default()
         };
-        let (mut l, mut rng) = lambda(model, other);
+        let (mut l, mut rng) = lambda(&model, &other);
         assert_eq!(fill(&mut l, G, 0.0, &mut rng), 650);
     }
 }

@@ -229,10 +229,10 @@ impl Sqs {
         out
     }
 
-    fn parse_receipt(&self, r: &str) -> Option<(u32, u32)> {
-        let (a, b) = r.split_once(':')?;
-        let m: u32 = a.parse().ok()?;
-        let g: u32 = b.parse().ok()?;
+    fn parse_receipt(&self, receipt: &str) -> Option<(u32, u32)> {
+        let (msg, generation) = receipt.split_once(':')?;
+        let m: u32 = msg.parse().ok()?;
+        let g: u32 = generation.parse().ok()?;
         ((m as usize) < self.msgs.len()).then_some((m, g))
     }
 
