@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, Problem};
+use crate::config::{Config, LoadError, Source};
 
 /// Fields a running controller applies at its next step. Everything else
 /// needs a restart (see `RESTART`).
@@ -94,7 +93,9 @@ pub const RESTART: &[(&str, &str)] = &[
 pub struct Change {
     /// The field path, e.g. `controller.ceiling` or `queues[1].url`.
     pub field: String,
+    /// The running value (`unset` for an absent option).
     pub old: String,
+    /// The new value.
     pub new: String,
 }
 
@@ -107,32 +108,33 @@ impl fmt::Display for Change {
 /// Why a new config was not applied. The running config stays in every case.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: {}", .source.to_string().trim_end().replace('\n', " "))]
-    Parse {
-        path: String,
-        source: toml::de::Error,
-    },
-    #[error("{path}: {} problem(s): {}", problems.len(), render_problems(problems))]
-    Invalid {
-        path: String,
-        problems: Vec<Problem>,
-    },
+    /// The new config does not parse or is invalid: on one line, for the
+    /// log entry.
+    #[error("{}", one_line(.0))]
+    Load(#[from] LoadError),
+    /// A field that differs cannot change while running.
     #[error("{path}: {} cannot change while running; restart the service to apply", fields.join(", "))]
-    NeedsRestart { path: String, fields: Vec<String> },
+    NeedsRestart {
+        /// Where the new config came from.
+        path: String,
+        /// Every field that needs a restart.
+        fields: Vec<String>,
+    },
 }
 
-/// One line, for a log entry.
-fn render_problems(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
+/// A load error on one line, for a log entry.
+fn one_line(e: &LoadError) -> String {
+    match e {
+        LoadError::Invalid { path, problems } => {
+            let list = problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            format!("{path}: {} problem(s): {list}", problems.len())
+        }
+        other => other.to_string().replace('\n', " "),
+    }
 }
 
 /// Is a change of this field applied live?
@@ -203,10 +205,11 @@ pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
 pub fn plan(current: &Config, new: &Config, origin: &str) -> Result<Vec<Change>, ReloadError> {
     let problems = new.validate();
     if !problems.is_empty() {
-        return Err(ReloadError::Invalid {
+        return Err(LoadError::Invalid {
             path: origin.to_string(),
             problems,
-        });
+        }
+        .into());
     }
     let changes = diff(current, new);
     let fixed: Vec<String> = changes
@@ -225,37 +228,7 @@ pub fn plan(current: &Config, new: &Config, origin: &str) -> Result<Vec<Change>,
 
 /// Parse a new config text and validate it for AWS (every problem at once).
 pub fn load(text: &str, origin: &str) -> Result<Config, ReloadError> {
-    let cfg: Config = toml::from_str(text).map_err(|source| ReloadError::Parse {
-        path: origin.to_string(),
-        source,
-    })?;
-    let problems = cfg.validate_for_aws();
-    if problems.is_empty() {
-        Ok(cfg)
-    } else {
-        Err(ReloadError::Invalid {
-            path: origin.to_string(),
-            problems,
-        })
-    }
-}
-
-/// Where `fanout run`'s config came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// A file, polled and re-read on SIGHUP.
-    File(PathBuf),
-    /// `$FANOUT_CONFIG_TOML`: fixed for the life of the process.
-    Env,
-}
-
-impl Source {
-    pub fn origin(&self) -> String {
-        match self {
-            Source::File(p) => p.display().to_string(),
-            Source::Env => format!("${}", crate::check::CONFIG_ENV),
-        }
-    }
+    Ok(Config::from_text_for_aws(text, origin)?)
 }
 
 /// A changed file is read again after this long and applied only if it
@@ -265,7 +238,9 @@ const SETTLE: Duration = Duration::from_millis(200);
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
+    /// `kill -HUP`.
     Hangup,
+    /// The poll saw a new content.
     FileChanged,
 }
 
@@ -472,7 +447,7 @@ state_machine_arn = "arn:aws:states:us-east-1:1:stateMachine:p"
         let text = "[controller]\nceiling = 0\nheadroom_fraction = 0.7\n";
         let new: Config = toml::from_str(text).unwrap();
         match plan(&old, &new, "t.toml") {
-            Err(ReloadError::Invalid { path, problems }) => {
+            Err(ReloadError::Load(LoadError::Invalid { path, problems })) => {
                 assert_eq!(path, "t.toml");
                 let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
                 assert_eq!(
@@ -484,7 +459,7 @@ state_machine_arn = "arn:aws:states:us-east-1:1:stateMachine:p"
         }
         // load(): the AWS-only problems too, and parse errors with a line.
         match load(text, "t.toml") {
-            Err(e @ ReloadError::Invalid { .. }) => {
+            Err(e @ ReloadError::Load(LoadError::Invalid { .. })) => {
                 let s = e.to_string();
                 for f in ["controller.ceiling", "queues", "aws.state_machine_arn"] {
                     assert!(s.contains(f), "{f} missing: {s}");
@@ -493,7 +468,7 @@ state_machine_arn = "arn:aws:states:us-east-1:1:stateMachine:p"
             other => panic!("{other:?}"),
         }
         match load("[controller]\nceiling = \"many\"\n", "t.toml") {
-            Err(e @ ReloadError::Parse { .. }) => {
+            Err(e @ ReloadError::Load(LoadError::Parse(_))) => {
                 let s = e.to_string();
                 assert!(s.contains("t.toml") && s.contains("line 2"), "{s}");
             }

@@ -12,9 +12,9 @@ use crate::aws::Clients;
 use crate::aws::cloudwatch::{LambdaConcurrency, MetricPublisher};
 use crate::aws::sfn::SfnExecutions;
 use crate::aws::sqs::SqsQueue;
-use crate::config::{Config, Problem, render};
+use crate::config::{CONFIG_ENV, Config, Problem, Source as ConfigSource, render};
 use crate::controller::{Backends, Controller, ControllerError, RunSummary, Source};
-use crate::reload::{self, Source as ConfigSource};
+use crate::reload;
 use crate::telemetry::{self, Telemetry, TelemetryError};
 
 /// How often queue depths are refreshed for /metrics.
@@ -177,7 +177,7 @@ pub async fn run(cfg: Config, source: ConfigSource, text: String) -> Result<RunO
         }
         ConfigSource::Env => info!(
             "config from ${}: no reload (the environment cannot change in a running process)",
-            crate::check::CONFIG_ENV
+            CONFIG_ENV
         ),
     }
     let origin = source.origin();

@@ -6,19 +6,25 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::config::{ParseError, ReadError, parse_toml, read_file};
+
 /// The built-in scenario, embedded so `fanout simulate` needs no file.
 pub const EXCHANGE_227K: &str = include_str!("../../config/scenarios/exchange-227k.toml");
 
+/// A simulated account and its workload. `name`, `ceiling`, `workload` and
+/// `workflow` are required, so only the other fields have defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     pub name: String,
-    #[serde(default = "d_seed")]
+    // A struct with required fields cannot take its defaults from a
+    // `Default`: these two name a const fn each, the only such fields.
+    #[serde(default = "Scenario::default_seed")]
     pub seed: u64,
     /// The controller's ceiling, unless `--config` sets one.
     pub ceiling: u32,
     /// Stop (and count what is left as lost) after this much virtual time.
-    #[serde(default = "d_max_virtual")]
+    #[serde(default = "Scenario::default_max_virtual_secs")]
     pub max_virtual_secs: u64,
     pub workload: Workload,
     #[serde(default)]
@@ -36,34 +42,22 @@ pub struct Scenario {
     pub faults: Vec<Fault>,
 }
 
-const fn d_seed() -> u64 {
-    1
-}
-const fn d_max_virtual() -> u64 {
-    6 * 3600
-}
-
+/// What is on the queues: at t = 0 and arriving during the run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Workload {
     /// Messages on the bulk queue at t = 0 (a whole-platform refresh).
-    #[serde(default)]
     pub bulk: u64,
     /// Messages on the priority queue at t = 0.
-    #[serde(default)]
     pub priority: u64,
     /// Single-company updates arriving on the priority queue during the run.
-    #[serde(default)]
     pub priority_arrivals: Option<Arrivals>,
     /// Bodies that are not JSON, placed among the bulk messages.
-    #[serde(default)]
     pub not_json: u64,
     /// Bodies over Step Functions' 256 KiB input limit.
-    #[serde(default)]
     pub oversize: u64,
     /// Bodies without `company_id` (only unstartable with a template
     /// that uses it).
-    #[serde(default)]
     pub missing_field: u64,
 }
 
@@ -75,34 +69,30 @@ pub struct Arrivals {
     pub count: u64,
 }
 
+/// The two work queues.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SqsModel {
     /// Redrive policy of both work queues.
-    #[serde(default = "d_max_receive")]
     pub max_receive_count: u32,
-    #[serde(default = "d_sqs_latency")]
     pub latency_ms: u64,
     /// Probability that a received message is delivered again to the next
     /// receive (SQS standard queues deliver at least once).
-    #[serde(default)]
     pub duplicate_delivery_probability: f64,
 }
 
-const fn d_max_receive() -> u32 {
-    10
-}
-const fn d_sqs_latency() -> u64 {
-    12
+impl SqsModel {
+    /// Every knob's default.
+    pub const DEFAULT: Self = Self {
+        max_receive_count: 10,
+        latency_ms: 12,
+        duplicate_delivery_probability: 0.0,
+    };
 }
 
 impl Default for SqsModel {
     fn default() -> Self {
-        SqsModel {
-            max_receive_count: d_max_receive(),
-            latency_ms: d_sqs_latency(),
-            duplicate_delivery_probability: 0.0,
-        }
+        Self::DEFAULT
     }
 }
 
@@ -113,145 +103,128 @@ pub struct Bucket {
     pub per_s: f64,
 }
 
+/// Step Functions: API quotas, the listing's lag and the workflow's retry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SfnModel {
-    #[serde(default = "d_start_bucket")]
     pub start_execution: Bucket,
-    #[serde(default = "d_list_bucket")]
     pub list_executions: Bucket,
     /// ListExecutions shows a change this long after it happened.
-    #[serde(default = "d_list_lag")]
     pub list_lag_secs: f64,
-    #[serde(default = "d_sfn_latency")]
     pub latency_ms: u64,
     /// Overhead of each state transition.
-    #[serde(default = "d_transition")]
     pub transition_ms: u64,
     /// The workflow's Retry on Lambda errors and throttles.
-    #[serde(default)]
     pub retry: RetryModel,
     /// Deliver EventBridge status events to a completion queue.
-    #[serde(default)]
     pub completion_events: bool,
-    #[serde(default = "d_event_delay")]
     pub completion_event_delay_secs: f64,
     /// The Lambdas-per-execution estimate a previous run left with the
     /// state machine (a tag): the next refresh, not the first one.
-    #[serde(default)]
     pub remembered_lambdas_per_execution: Option<f64>,
 }
 
-const fn d_start_bucket() -> Bucket {
-    Bucket {
-        burst: 1300.0,
-        per_s: 300.0,
-    }
-}
-const fn d_list_bucket() -> Bucket {
-    Bucket {
-        burst: 200.0,
-        per_s: 5.0,
-    }
-}
-const fn d_list_lag() -> f64 {
-    2.0
-}
-const fn d_sfn_latency() -> u64 {
-    30
-}
-const fn d_transition() -> u64 {
-    60
-}
-const fn d_event_delay() -> f64 {
-    1.0
+impl SfnModel {
+    /// Every knob's default: us-east-1's token buckets.
+    pub const DEFAULT: Self = Self {
+        start_execution: Bucket {
+            burst: 1300.0,
+            per_s: 300.0,
+        },
+        list_executions: Bucket {
+            burst: 200.0,
+            per_s: 5.0,
+        },
+        list_lag_secs: 2.0,
+        latency_ms: 30,
+        transition_ms: 60,
+        retry: RetryModel::DEFAULT,
+        completion_events: false,
+        completion_event_delay_secs: 1.0,
+        remembered_lambdas_per_execution: None,
+    };
 }
 
 impl Default for SfnModel {
     fn default() -> Self {
-        SfnModel {
-            start_execution: d_start_bucket(),
-            list_executions: d_list_bucket(),
-            list_lag_secs: d_list_lag(),
-            latency_ms: d_sfn_latency(),
-            transition_ms: d_transition(),
-            retry: RetryModel::default(),
-            completion_events: false,
-            completion_event_delay_secs: d_event_delay(),
-            remembered_lambdas_per_execution: None,
-        }
+        Self::DEFAULT
     }
 }
 
+/// The workflow's Retry of a failed or throttled Lambda task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetryModel {
-    #[serde(default = "d_interval")]
     pub interval_secs: f64,
-    #[serde(default = "d_backoff")]
     pub backoff_rate: f64,
-    #[serde(default = "d_attempts")]
     pub max_attempts: u32,
 }
 
-const fn d_interval() -> f64 {
-    1.0
-}
-const fn d_backoff() -> f64 {
-    2.0
-}
-const fn d_attempts() -> u32 {
-    6
+impl RetryModel {
+    /// Every knob's default.
+    pub const DEFAULT: Self = Self {
+        interval_secs: 1.0,
+        backoff_rate: 2.0,
+        max_attempts: 6,
+    };
 }
 
 impl Default for RetryModel {
     fn default() -> Self {
-        RetryModel {
-            interval_secs: d_interval(),
-            backoff_rate: d_backoff(),
-            max_attempts: d_attempts(),
-        }
+        Self::DEFAULT
     }
 }
 
-/// One Lambda task: the function and its duration, lognormal.
+/// One Lambda task: the function and its duration, lognormal. `task` and
+/// `median_secs` are required.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Task {
     pub task: String,
     pub median_secs: f64,
-    #[serde(default = "d_sigma")]
+    // The only per-field default here: the same spread as a step's.
+    #[serde(default = "Task::default_sigma")]
     pub sigma: f64,
 }
 
-const fn d_sigma() -> f64 {
-    0.3
+impl Task {
+    fn default_sigma() -> f64 {
+        Step::DEFAULT.sigma
+    }
 }
 
 /// A workflow step: a Lambda task, or a Map running `iteration` once per
 /// item with at most `max_concurrency` items at a time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Step {
-    #[serde(default)]
     pub task: Option<String>,
-    #[serde(default)]
     pub median_secs: f64,
-    #[serde(default = "d_sigma")]
     pub sigma: f64,
     /// Items of a Map; with `map_items_max`, uniform in [map_items, max].
-    #[serde(default)]
     pub map_items: Option<u32>,
-    #[serde(default)]
     pub map_items_max: Option<u32>,
-    #[serde(default = "d_max_conc")]
     pub max_concurrency: u32,
-    #[serde(default)]
     pub iteration: Vec<Task>,
 }
 
-const fn d_max_conc() -> u32 {
-    3
+impl Step {
+    /// Every knob's default; `validate` requires a task or a Map.
+    pub const DEFAULT: Self = Self {
+        task: None,
+        median_secs: 0.0,
+        sigma: 0.3,
+        map_items: None,
+        map_items_max: None,
+        max_concurrency: 3,
+        iteration: Vec::new(),
+    };
+}
+
+impl Default for Step {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -264,90 +237,59 @@ pub enum Scaling {
     Legacy,
 }
 
+/// Lambda: the account's limit, scaling, errors and warm environments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LambdaModel {
-    #[serde(default = "d_account_limit")]
     pub account_limit: u32,
-    #[serde(default)]
     pub scaling: Scaling,
-    #[serde(default = "d_scale_step")]
     pub scale_step: f64,
-    #[serde(default = "d_scale_period")]
     pub scale_period_secs: f64,
-    #[serde(default = "d_legacy_burst")]
     pub legacy_burst: f64,
-    #[serde(default = "d_legacy_rate")]
     pub legacy_per_minute: f64,
     /// Probability that an invocation fails (retried by the workflow).
-    #[serde(default)]
     pub error_rate: f64,
     /// Added to an invocation that needs a new environment.
-    #[serde(default = "d_cold")]
     pub cold_start_ms: u64,
     /// Fraction of idle warm environments reclaimed per minute; a function
     /// returns to a level it was warm at without the scaling limit.
-    #[serde(default = "d_warm_decay")]
     pub warm_decay_per_minute: f64,
     /// Reserved concurrency by function name.
-    #[serde(default)]
     pub reserved: BTreeMap<String, u32>,
 }
 
-const fn d_account_limit() -> u32 {
-    1000
-}
-const fn d_scale_step() -> f64 {
-    1000.0
-}
-const fn d_scale_period() -> f64 {
-    10.0
-}
-const fn d_legacy_burst() -> f64 {
-    3000.0
-}
-const fn d_legacy_rate() -> f64 {
-    500.0
-}
-const fn d_warm_decay() -> f64 {
-    0.2
-}
-const fn d_cold() -> u64 {
-    400
+impl LambdaModel {
+    /// Every knob's default.
+    pub const DEFAULT: Self = Self {
+        account_limit: 1000,
+        scaling: Scaling::PerFunction,
+        scale_step: 1000.0,
+        scale_period_secs: 10.0,
+        legacy_burst: 3000.0,
+        legacy_per_minute: 500.0,
+        error_rate: 0.0,
+        cold_start_ms: 400,
+        warm_decay_per_minute: 0.2,
+        reserved: BTreeMap::new(),
+    };
 }
 
 impl Default for LambdaModel {
     fn default() -> Self {
-        LambdaModel {
-            account_limit: d_account_limit(),
-            scaling: Scaling::default(),
-            scale_step: d_scale_step(),
-            scale_period_secs: d_scale_period(),
-            legacy_burst: d_legacy_burst(),
-            legacy_per_minute: d_legacy_rate(),
-            error_rate: 0.0,
-            cold_start_ms: d_cold(),
-            warm_decay_per_minute: d_warm_decay(),
-            reserved: BTreeMap::new(),
-        }
+        Self::DEFAULT
     }
 }
 
 /// Other functions in the account: base + amplitude × sin(2πt/period),
 /// plus steps. Unless `reserved` is set they use the unreserved pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct OtherLoad {
-    #[serde(default)]
     pub base: f64,
-    #[serde(default)]
     pub amplitude: f64,
-    #[serde(default)]
     pub period_secs: f64,
     /// Concurrency reserved for the other functions (a guarantee and a cap).
-    #[serde(default)]
     pub reserved: u32,
-    #[serde(default)]
     pub steps: Vec<LoadStep>,
 }
 
@@ -359,36 +301,31 @@ pub struct LoadStep {
     pub add: f64,
 }
 
+/// CloudWatch: how late the metric is, and when it is missing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct CloudWatchModel {
-    #[serde(default = "d_lag_min")]
     pub lag_min_secs: f64,
-    #[serde(default = "d_lag_max")]
     pub lag_max_secs: f64,
     /// Probability that a minute is never published.
-    #[serde(default)]
     pub missing_probability: f64,
     /// Windows in which nothing is published.
-    #[serde(default)]
     pub outages: Vec<Window>,
 }
 
-const fn d_lag_min() -> f64 {
-    60.0
-}
-const fn d_lag_max() -> f64 {
-    120.0
+impl CloudWatchModel {
+    /// Every knob's default.
+    pub const DEFAULT: Self = Self {
+        lag_min_secs: 60.0,
+        lag_max_secs: 120.0,
+        missing_probability: 0.0,
+        outages: Vec::new(),
+    };
 }
 
 impl Default for CloudWatchModel {
     fn default() -> Self {
-        CloudWatchModel {
-            lag_min_secs: d_lag_min(),
-            lag_max_secs: d_lag_max(),
-            missing_probability: 0.0,
-            outages: Vec::new(),
-        }
+        Self::DEFAULT
     }
 }
 
@@ -434,20 +371,35 @@ pub enum Fault {
     Replica { at_secs: f64 },
 }
 
+/// Why a scenario could not be loaded: one variant per step.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
-    #[error("cannot read scenario {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: String, message: String },
+    /// The file cannot be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The text is not a scenario (syntax, a type, an unknown field).
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    /// The values are not usable: every problem.
     #[error("{path}: {}", problems.join("; "))]
-    Invalid { path: String, problems: Vec<String> },
+    Invalid {
+        /// Where the text came from.
+        path: String,
+        /// Every problem found.
+        problems: Vec<String>,
+    },
 }
 
 impl Scenario {
+    const fn default_seed() -> u64 {
+        1
+    }
+
+    const fn default_max_virtual_secs() -> u64 {
+        6 * 3600
+    }
+
+    /// A scenario shipped inside the binary, by name.
     pub fn builtin(name: &str) -> Option<Scenario> {
         match name {
             "exchange-227k" => {
@@ -457,20 +409,15 @@ impl Scenario {
         }
     }
 
+    /// Read, parse and validate a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        Scenario::parse(&text, &shown)
+        let text = read_file(path, "scenario")?;
+        Scenario::parse(&text, &path.display().to_string())
     }
 
+    /// Parse and validate scenario text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
-        let s: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
-            path: origin.to_string(),
-            message: e.to_string(),
-        })?;
+        let s: Scenario = parse_toml(text, origin)?;
         let problems = s.validate();
         if problems.is_empty() {
             Ok(s)
@@ -482,6 +429,7 @@ impl Scenario {
         }
     }
 
+    /// Every problem with the values, not just the first.
     pub fn validate(&self) -> Vec<String> {
         let mut p = Vec::new();
         if self.workflow.is_empty() {
