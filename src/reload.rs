@@ -476,6 +476,25 @@ state_machine_arn = "arn:aws:states:us-east-1:1:stateMachine:p"
         }
     }
 
+    /// A refusal is logged as one line: the origin, then every reason.
+    #[test]
+    fn a_refused_config_is_one_log_line() {
+        let old = base();
+        let new: Config =
+            toml::from_str("[controller]\nceiling = 0\nheadroom_fraction = 0.7\n").unwrap();
+        let e = plan(&old, &new, "t.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.toml: 2 problem(s): controller.ceiling: must be at least 1; \
+             controller.headroom_fraction: 0.7 must be in [0, 0.5)"
+        );
+        let e = load("[controller]\nceiling = \"many\"\n", "t.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.toml: TOML parse error at line 2, column 11   | 2 | ceiling = \"many\"   |           ^^^^^^ invalid type: string \"many\", expected u32"
+        );
+    }
+
     #[test]
     fn every_option_is_either_reloadable_or_needs_a_restart() {
         // A config with every optional part present, so every leaf shows.

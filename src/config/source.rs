@@ -197,6 +197,25 @@ mod tests {
     }
 
     #[test]
+    fn a_file_source_is_read_and_named_by_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fanout.toml");
+        std::fs::write(&path, "[controller]\nceiling = 0\n").unwrap();
+        let source = Source::File(path.clone());
+        assert_eq!(source.origin(), path.display().to_string());
+        let Err(LoadError::Invalid {
+            path: shown,
+            problems,
+        }) = source.load_for_aws()
+        else {
+            panic!("an invalid file was accepted");
+        };
+        assert_eq!(shown, path.display().to_string());
+        assert_eq!(problems[0].field, "controller.ceiling");
+        assert_eq!(Source::Env.origin(), "$FANOUT_CONFIG_TOML");
+    }
+
+    #[test]
     fn the_aws_load_adds_the_aws_only_problems() {
         assert!(Config::from_text("", "t").is_ok());
         let Err(LoadError::Invalid { problems, .. }) = Config::from_text_for_aws("", "t") else {

@@ -344,4 +344,105 @@ mod tests {
         let ok = "[estimator]\ninitial_lambdas_per_execution = 1.9\n";
         assert!(Config::from_text(ok, "ok.toml").is_ok());
     }
+
+    /// One broken value per section: each section is checked, all are
+    /// reported, in file order, with the messages users see.
+    #[test]
+    fn every_section_is_checked_in_file_order() {
+        let text = r#"
+[controller]
+start_burst = 0
+[naming]
+template = "{"
+[estimator]
+noise_z = 6.0
+[retry]
+multiplier = 0.5
+[seed]
+pollers = 0
+[fixed]
+max_running = 0
+[http]
+listen = "nowhere"
+[metrics]
+interval_secs = 0
+[reload]
+poll_secs = 0
+[[queues]]
+name = "bulk"
+[[queues]]
+name = "bulk"
+"#;
+        let cfg: Config = toml::from_str(text).unwrap();
+        let shown: Vec<String> = cfg.validate().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "controller.start_burst: must be at least 1",
+                "naming.template: unclosed '{' at byte 0; write fields as {name}",
+                "estimator.noise_z: 6 must be in [0, 5]",
+                "retry.multiplier: 0.5 must be at least 1",
+                "seed.pollers: must be at least 1",
+                "fixed.max_running: must be at least 1",
+                "http.listen: \"nowhere\" is not an address and port such as 0.0.0.0:8080",
+                "metrics.interval_secs: must be at least 1",
+                "reload.poll_secs: 0 must be in 1..=3600",
+                "queues[1].name: \"bulk\" is used twice",
+            ]
+        );
+    }
+
+    /// Every check of `[controller]` still fires, in field order.
+    #[test]
+    fn every_controller_check_fires() {
+        let text = r#"
+[controller]
+ceiling = 10
+account_limit = 5
+headroom_fraction = 0.5
+max_lambdas_per_execution = 0.5
+priority_reserve_fraction = -0.1
+tick_ms = 0
+visibility_timeout_secs = 0
+idle_wait_secs = 21
+max_receives_in_flight = 0
+max_starts_in_flight = 0
+start_rate_per_s = 0
+start_burst = 0
+ramp_concurrency_per_s = 0.0
+ramp_initial = 0.1
+reconcile_interval_secs = 0
+list_pages_per_s = 0
+metrics_poll_secs = 0
+shutdown_deadline_secs = 120
+[estimator]
+min_lambdas_per_execution = 0.0
+"#;
+        let cfg: Config = toml::from_str(text).unwrap();
+        let fields: Vec<String> = cfg.validate().into_iter().map(|p| p.field).collect();
+        let expected: Vec<String> = [
+            "account_limit",
+            "headroom_fraction",
+            "max_lambdas_per_execution",
+            "priority_reserve_fraction",
+            "tick_ms",
+            "visibility_timeout_secs",
+            "idle_wait_secs",
+            "max_receives_in_flight",
+            "max_starts_in_flight",
+            "start_rate_per_s",
+            "start_burst",
+            "ramp_concurrency_per_s",
+            "ramp_initial",
+            "reconcile_interval_secs",
+            "list_pages_per_s",
+            "metrics_poll_secs",
+            "shutdown_deadline_secs",
+        ]
+        .iter()
+        .map(|f| format!("controller.{f}"))
+        .chain(["estimator.min_lambdas_per_execution".to_string()])
+        .collect();
+        assert_eq!(fields, expected);
+    }
 }
