@@ -30,11 +30,7 @@
 //! - [`healthcheck`]: the container health check's probe of /healthz.
 
 pub mod aws;
-// TODO(lints): remove once documented
-#[allow(missing_docs, clippy::pedantic)]
 pub mod check;
-// TODO(lints): remove once documented
-#[allow(missing_docs, clippy::pedantic)]
 pub mod config;
 pub mod control;
 pub mod controller;
@@ -42,11 +38,7 @@ pub mod enqueue;
 pub mod healthcheck;
 pub mod metrics;
 pub mod ports;
-// TODO(lints): remove once documented
-#[allow(missing_docs, clippy::pedantic)]
 pub mod reload;
-// TODO(lints): remove once documented
-#[allow(missing_docs, clippy::pedantic)]
 pub mod run;
 pub mod sim;
 pub mod status;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-use fanout::config::{Config, Policy};
+use fanout::config::{Config, LoadError, Policy, Source as ConfigSource};
 use fanout::enqueue::{EnqueueOptions, Input};
 use fanout::sim::{self, Scenario, SimOptions};
 
@@ -194,30 +194,22 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// Exit 2 on an unusable config (every problem listed), 1 on a runtime
 /// failure, 0 after a shutdown by signal.
 fn run(a: &RunArgs) -> ExitCode {
-    // Every problem at once, the AWS-only ones included (as check-config).
-    match fanout::check::check_config(&a.config) {
-        Ok(problems) if problems.is_empty() => {}
-        Ok(problems) => {
+    // `$FANOUT_CONFIG_TOML` or the file; the file is polled for changes
+    // and re-read on SIGHUP, the environment cannot change in a running
+    // process.
+    let source = ConfigSource::resolve(&a.config);
+    let (cfg, text) = match source.load_for_aws() {
+        Ok(loaded) => loaded,
+        Err(LoadError::Read(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+        // Every problem at once, the AWS-only ones included (as check-config).
+        Err(e) => {
             eprintln!("error: the config is not usable against AWS:");
-            for p in problems {
+            for p in fanout::check::lines(&e) {
                 eprintln!("  {p}");
             }
-            return ExitCode::from(2);
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    }
-    let (cfg, text) = match fanout::check::config_source(&a.config)
-        .map_err(anyhow::Error::from)
-        .and_then(|(text, origin)| {
-            let cfg = Config::parse(&text, &origin).map_err(anyhow::Error::from)?;
-            Ok((cfg, text))
-        }) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
@@ -228,13 +220,6 @@ fn run(a: &RunArgs) -> ExitCode {
             eprintln!("error: {e:#}");
             return ExitCode::FAILURE;
         }
-    };
-    // The file is polled for changes and re-read on SIGHUP; the
-    // environment variable cannot change in a running process.
-    let source = if fanout::check::env_config().is_some() {
-        fanout::reload::Source::Env
-    } else {
-        fanout::reload::Source::File(a.config.clone())
     };
     let result = rt.block_on(fanout::run::run(cfg, source, text));
     // Blocking tasks (credential providers) must not hold the exit.

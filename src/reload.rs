@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, Problem};
+use crate::config::{Config, LoadError, Source};
 
 /// Fields a running controller applies at its next step. Everything else
 /// needs a restart (see `RESTART`).
@@ -94,7 +93,9 @@ pub const RESTART: &[(&str, &str)] = &[
 pub struct Change {
     /// The field path, e.g. `controller.ceiling` or `queues[1].url`.
     pub field: String,
+    /// The running value (`unset` for an absent option).
     pub old: String,
+    /// The new value.
     pub new: String,
 }
 
@@ -107,32 +108,33 @@ impl fmt::Display for Change {
 /// Why a new config was not applied. The running config stays in every case.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: {}", .source.to_string().trim_end().replace('\n', " "))]
-    Parse {
-        path: String,
-        source: toml::de::Error,
-    },
-    #[error("{path}: {} problem(s): {}", problems.len(), render_problems(problems))]
-    Invalid {
-        path: String,
-        problems: Vec<Problem>,
-    },
+    /// The new config does not parse or is invalid: on one line, for the
+    /// log entry.
+    #[error("{}", one_line(.0))]
+    Load(#[from] LoadError),
+    /// A field that differs cannot change while running.
     #[error("{path}: {} cannot change while running; restart the service to apply", fields.join(", "))]
-    NeedsRestart { path: String, fields: Vec<String> },
+    NeedsRestart {
+        /// Where the new config came from.
+        path: String,
+        /// Every field that needs a restart.
+        fields: Vec<String>,
+    },
 }
 
-/// One line, for a log entry.
-fn render_problems(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
+/// A load error on one line, for a log entry.
+fn one_line(e: &LoadError) -> String {
+    match e {
+        LoadError::Invalid { path, problems } => {
+            let list = problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            format!("{path}: {} problem(s): {list}", problems.len())
+        }
+        other => other.to_string().replace('\n', " "),
+    }
 }
 
 /// Is a change of this field applied live?
@@ -203,10 +205,11 @@ pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
 pub fn plan(current: &Config, new: &Config, origin: &str) -> Result<Vec<Change>, ReloadError> {
     let problems = new.validate();
     if !problems.is_empty() {
-        return Err(ReloadError::Invalid {
+        return Err(LoadError::Invalid {
             path: origin.to_string(),
             problems,
-        });
+        }
+        .into());
     }
     let changes = diff(current, new);
     let fixed: Vec<String> = changes
@@ -225,37 +228,7 @@ pub fn plan(current: &Config, new: &Config, origin: &str) -> Result<Vec<Change>,
 
 /// Parse a new config text and validate it for AWS (every problem at once).
 pub fn load(text: &str, origin: &str) -> Result<Config, ReloadError> {
-    let cfg: Config = toml::from_str(text).map_err(|source| ReloadError::Parse {
-        path: origin.to_string(),
-        source,
-    })?;
-    let problems = cfg.validate_for_aws();
-    if problems.is_empty() {
-        Ok(cfg)
-    } else {
-        Err(ReloadError::Invalid {
-            path: origin.to_string(),
-            problems,
-        })
-    }
-}
-
-/// Where `fanout run`'s config came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// A file, polled and re-read on SIGHUP.
-    File(PathBuf),
-    /// `$FANOUT_CONFIG_TOML`: fixed for the life of the process.
-    Env,
-}
-
-impl Source {
-    pub fn origin(&self) -> String {
-        match self {
-            Source::File(p) => p.display().to_string(),
-            Source::Env => format!("${}", crate::check::CONFIG_ENV),
-        }
-    }
+    Ok(Config::from_text_for_aws(text, origin)?)
 }
 
 /// A changed file is read again after this long and applied only if it
@@ -265,7 +238,9 @@ const SETTLE: Duration = Duration::from_millis(200);
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
+    /// `kill -HUP`.
     Hangup,
+    /// The poll saw a new content.
     FileChanged,
 }
 
@@ -290,7 +265,7 @@ pub fn apply_text(
     let r = load(text, origin).and_then(apply);
     match &r {
         Ok(changes) if changes.is_empty() => {
-            info!(path = origin, trigger = %trigger, "config reload: nothing changed")
+            info!(path = origin, trigger = %trigger, "config reload: nothing changed");
         }
         Ok(changes) => {
             let list = changes
@@ -302,7 +277,7 @@ pub fn apply_text(
         }
         Err(e) => {
             error!(path = origin, trigger = %trigger, reason = %e,
-                "config reload refused, the running config stays: {e}")
+                "config reload refused, the running config stays: {e}");
         }
     }
     r
@@ -334,15 +309,16 @@ pub async fn triggers(
         };
         let trigger = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            got = async { hangup.as_mut()?.recv().await }, if hangup.is_some() => match got {
-                Some(()) => Trigger::Hangup,
-                None => {
+            got = async { hangup.as_mut()?.recv().await }, if hangup.is_some() => {
+                if got.is_some() {
+                    Trigger::Hangup
+                } else {
                     warn!("the SIGHUP stream ended; reload by SIGHUP is off");
                     hangup = None;
                     continue;
                 }
-            },
-            _ = tokio::time::sleep(every), if poll => Trigger::FileChanged,
+            }
+            () = tokio::time::sleep(every), if poll => Trigger::FileChanged,
         };
         let Source::File(path) = &source else {
             info!(path = %origin, "SIGHUP: the config comes from the environment, which cannot change in a running process; nothing reloaded (change the task definition, which rolls the service)");
@@ -472,7 +448,7 @@ state_machine_arn = "arn:aws:states:us-east-1:1:stateMachine:p"
         let text = "[controller]\nceiling = 0\nheadroom_fraction = 0.7\n";
         let new: Config = toml::from_str(text).unwrap();
         match plan(&old, &new, "t.toml") {
-            Err(ReloadError::Invalid { path, problems }) => {
+            Err(ReloadError::Load(LoadError::Invalid { path, problems })) => {
                 assert_eq!(path, "t.toml");
                 let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
                 assert_eq!(
@@ -484,7 +460,7 @@ state_machine_arn = "arn:aws:states:us-east-1:1:stateMachine:p"
         }
         // load(): the AWS-only problems too, and parse errors with a line.
         match load(text, "t.toml") {
-            Err(e @ ReloadError::Invalid { .. }) => {
+            Err(e @ ReloadError::Load(LoadError::Invalid { .. })) => {
                 let s = e.to_string();
                 for f in ["controller.ceiling", "queues", "aws.state_machine_arn"] {
                     assert!(s.contains(f), "{f} missing: {s}");
@@ -493,12 +469,31 @@ state_machine_arn = "arn:aws:states:us-east-1:1:stateMachine:p"
             other => panic!("{other:?}"),
         }
         match load("[controller]\nceiling = \"many\"\n", "t.toml") {
-            Err(e @ ReloadError::Parse { .. }) => {
+            Err(e @ ReloadError::Load(LoadError::Parse(_))) => {
                 let s = e.to_string();
                 assert!(s.contains("t.toml") && s.contains("line 2"), "{s}");
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A refusal is logged as one line: the origin, then every reason.
+    #[test]
+    fn a_refused_config_is_one_log_line() {
+        let old = base();
+        let new: Config =
+            toml::from_str("[controller]\nceiling = 0\nheadroom_fraction = 0.7\n").unwrap();
+        let e = plan(&old, &new, "t.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.toml: 2 problem(s): controller.ceiling: must be at least 1; \
+             controller.headroom_fraction: 0.7 must be in [0, 0.5)"
+        );
+        let e = load("[controller]\nceiling = \"many\"\n", "t.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.toml: TOML parse error at line 2, column 11   | 2 | ceiling = \"many\"   |           ^^^^^^ invalid type: string \"many\", expected u32"
+        );
     }
 
     #[test]

@@ -12,25 +12,32 @@ use crate::aws::Clients;
 use crate::aws::cloudwatch::{LambdaConcurrency, MetricPublisher};
 use crate::aws::sfn::SfnExecutions;
 use crate::aws::sqs::SqsQueue;
-use crate::config::{Config, Problem, render};
+use crate::config::{CONFIG_ENV, Config, Problem, Source as ConfigSource, render};
 use crate::controller::{Backends, Controller, ControllerError, RunSummary, Source};
-use crate::reload::{self, Source as ConfigSource};
+use crate::reload;
 use crate::telemetry::{self, Telemetry, TelemetryError};
 
 /// How often queue depths are refreshed for /metrics.
 const DEPTH_POLL: Duration = Duration::from_secs(30);
 
+/// Why `fanout run` could not start or keep running.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// Checking the config for AWS found these problems (all of them).
     #[error("the config is not usable against AWS:\n{}", render(.0))]
     Invalid(Vec<Problem>),
+    /// Building the controller failed.
     #[error(transparent)]
     Controller(#[from] ControllerError),
+    /// Binding or serving /healthz and /metrics failed.
     #[error(transparent)]
     Http(#[from] TelemetryError),
+    /// Installing a signal handler failed.
     #[error("cannot install the {signal} handler: {source}")]
     Signal {
+        /// SIGTERM, SIGINT or SIGHUP.
         signal: &'static str,
+        /// The OS error.
         source: std::io::Error,
     },
 }
@@ -43,7 +50,7 @@ pub struct RunOutcome {
 }
 
 /// Resolves on the first SIGTERM or SIGINT.
-async fn termination() -> Result<impl std::future::Future<Output = &'static str>, RunError> {
+fn termination() -> Result<impl std::future::Future<Output = &'static str>, RunError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(|source| RunError::Signal {
         signal: "SIGTERM",
@@ -69,7 +76,7 @@ pub async fn run(cfg: Config, source: ConfigSource, text: String) -> Result<RunO
     if !problems.is_empty() {
         return Err(RunError::Invalid(problems));
     }
-    let signal = termination().await?;
+    let signal = termination()?;
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(
         |source| RunError::Signal {
             signal: "SIGHUP",
@@ -138,7 +145,7 @@ pub async fn run(cfg: Config, source: ConfigSource, text: String) -> Result<RunO
                 .shutdown_deadline_secs,
         )
     };
-    let summary = until_signal(run, signal, &stop_tx, deadline).await;
+    let summary = Box::pin(until_signal(run, signal, &stop_tx, deadline)).await;
     let _ = stop_tx.send(true);
     for task in [Some(watcher), Some(depths), publisher]
         .into_iter()
@@ -241,7 +248,7 @@ fn log_reload_triggers(source: &ConfigSource, watch_file: bool) {
         }
         ConfigSource::Env => info!(
             "config from ${}: no reload (the environment cannot change in a running process)",
-            crate::check::CONFIG_ENV
+            CONFIG_ENV
         ),
     }
 }

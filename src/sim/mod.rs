@@ -5,8 +5,6 @@ pub mod driver;
 pub mod plot;
 pub mod ports;
 pub mod report;
-// TODO(lints): remove once documented
-#[allow(missing_docs, clippy::pedantic)]
 pub mod scenario;
 pub mod world;
 

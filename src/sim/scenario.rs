@@ -6,254 +6,264 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::config::{ParseError, ReadError, parse_toml, read_file};
+
 /// The built-in scenario, embedded so `fanout simulate` needs no file.
 pub const EXCHANGE_227K: &str = include_str!("../../config/scenarios/exchange-227k.toml");
 
+/// A simulated account and its workload. `name`, `ceiling`, `workload` and
+/// `workflow` are required, so only the other fields have defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
+    /// Names the run in reports.
     pub name: String,
-    #[serde(default = "d_seed")]
+    // A struct with required fields cannot take its defaults from a
+    // `Default`: these two name a const fn each, the only such fields.
+    /// RNG seed for durations, errors and lags; `--seed N` overrides it.
+    #[serde(default = "Scenario::default_seed")]
     pub seed: u64,
     /// The controller's ceiling, unless `--config` sets one.
     pub ceiling: u32,
     /// Stop (and count what is left as lost) after this much virtual time.
-    #[serde(default = "d_max_virtual")]
+    #[serde(default = "Scenario::default_max_virtual_secs")]
     pub max_virtual_secs: u64,
+    /// What is on the queues at t = 0 and what arrives during the run.
     pub workload: Workload,
+    /// The two work queues: redrive, latency and duplicate delivery.
     #[serde(default)]
     pub sqs: SqsModel,
+    /// Step Functions: API quotas, listing lag, latencies and the retry.
     #[serde(default)]
     pub sfn: SfnModel,
+    /// The steps each execution runs, in order; at least one.
     pub workflow: Vec<Step>,
+    /// Lambda: account limit, scaling, errors and warm environments.
     #[serde(default)]
     pub lambda: LambdaModel,
+    /// Concurrency of the account's other functions.
     #[serde(default)]
     pub other_load: OtherLoad,
+    /// How late the concurrency metric is published, and when it is missing.
     #[serde(default)]
     pub cloudwatch: CloudWatchModel,
+    /// Faults injected during the run, any number.
     #[serde(default)]
     pub faults: Vec<Fault>,
 }
 
-const fn d_seed() -> u64 {
-    1
-}
-const fn d_max_virtual() -> u64 {
-    6 * 3600
-}
-
+/// What is on the queues: at t = 0 and arriving during the run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Workload {
     /// Messages on the bulk queue at t = 0 (a whole-platform refresh).
-    #[serde(default)]
     pub bulk: u64,
     /// Messages on the priority queue at t = 0.
-    #[serde(default)]
     pub priority: u64,
     /// Single-company updates arriving on the priority queue during the run.
-    #[serde(default)]
     pub priority_arrivals: Option<Arrivals>,
     /// Bodies that are not JSON, placed among the bulk messages.
-    #[serde(default)]
     pub not_json: u64,
     /// Bodies over Step Functions' 256 KiB input limit.
-    #[serde(default)]
     pub oversize: u64,
     /// Bodies without `company_id` (only unstartable with a template
     /// that uses it).
-    #[serde(default)]
     pub missing_field: u64,
 }
 
+/// Single-company updates arriving on the priority queue, one message every
+/// `every_secs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Arrivals {
+    /// Virtual time of the first arrival, in seconds.
     pub start_secs: f64,
+    /// Seconds between arrivals.
     pub every_secs: f64,
+    /// Number of arrivals in all.
     pub count: u64,
 }
 
+/// The two work queues.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SqsModel {
     /// Redrive policy of both work queues.
-    #[serde(default = "d_max_receive")]
     pub max_receive_count: u32,
-    #[serde(default = "d_sqs_latency")]
+    /// Latency of every SQS call, in milliseconds.
     pub latency_ms: u64,
     /// Probability that a received message is delivered again to the next
     /// receive (SQS standard queues deliver at least once).
-    #[serde(default)]
     pub duplicate_delivery_probability: f64,
 }
 
-const fn d_max_receive() -> u32 {
-    10
-}
-const fn d_sqs_latency() -> u64 {
-    12
+impl SqsModel {
+    /// Every knob's default.
+    pub const DEFAULT: Self = Self {
+        max_receive_count: 10,
+        latency_ms: 12,
+        duplicate_delivery_probability: 0.0,
+    };
 }
 
 impl Default for SqsModel {
     fn default() -> Self {
-        SqsModel {
-            max_receive_count: d_max_receive(),
-            latency_ms: d_sqs_latency(),
-            duplicate_delivery_probability: 0.0,
-        }
+        Self::DEFAULT
     }
 }
 
+/// A token bucket limiting the rate of one Step Functions API.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Bucket {
+    /// Tokens the bucket holds when full: calls allowed in a burst.
     pub burst: f64,
+    /// Tokens refilled per second: the sustained calls per second.
     pub per_s: f64,
 }
 
+/// Step Functions: API quotas, the listing's lag and the workflow's retry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SfnModel {
-    #[serde(default = "d_start_bucket")]
+    /// StartExecution's token bucket.
     pub start_execution: Bucket,
-    #[serde(default = "d_list_bucket")]
+    /// ListExecutions' token bucket.
     pub list_executions: Bucket,
     /// ListExecutions shows a change this long after it happened.
-    #[serde(default = "d_list_lag")]
     pub list_lag_secs: f64,
-    #[serde(default = "d_sfn_latency")]
+    /// Latency of every Step Functions call, in milliseconds.
     pub latency_ms: u64,
     /// Overhead of each state transition.
-    #[serde(default = "d_transition")]
     pub transition_ms: u64,
     /// The workflow's Retry on Lambda errors and throttles.
-    #[serde(default)]
     pub retry: RetryModel,
     /// Deliver EventBridge status events to a completion queue.
-    #[serde(default)]
     pub completion_events: bool,
-    #[serde(default = "d_event_delay")]
+    /// Seconds from an execution's status change to its event on the
+    /// completion queue.
     pub completion_event_delay_secs: f64,
     /// The Lambdas-per-execution estimate a previous run left with the
     /// state machine (a tag): the next refresh, not the first one.
-    #[serde(default)]
     pub remembered_lambdas_per_execution: Option<f64>,
 }
 
-const fn d_start_bucket() -> Bucket {
-    Bucket {
-        burst: 1300.0,
-        per_s: 300.0,
-    }
-}
-const fn d_list_bucket() -> Bucket {
-    Bucket {
-        burst: 200.0,
-        per_s: 5.0,
-    }
-}
-const fn d_list_lag() -> f64 {
-    2.0
-}
-const fn d_sfn_latency() -> u64 {
-    30
-}
-const fn d_transition() -> u64 {
-    60
-}
-const fn d_event_delay() -> f64 {
-    1.0
+impl SfnModel {
+    /// Every knob's default: us-east-1's token buckets.
+    pub const DEFAULT: Self = Self {
+        start_execution: Bucket {
+            burst: 1300.0,
+            per_s: 300.0,
+        },
+        list_executions: Bucket {
+            burst: 200.0,
+            per_s: 5.0,
+        },
+        list_lag_secs: 2.0,
+        latency_ms: 30,
+        transition_ms: 60,
+        retry: RetryModel::DEFAULT,
+        completion_events: false,
+        completion_event_delay_secs: 1.0,
+        remembered_lambdas_per_execution: None,
+    };
 }
 
 impl Default for SfnModel {
     fn default() -> Self {
-        SfnModel {
-            start_execution: d_start_bucket(),
-            list_executions: d_list_bucket(),
-            list_lag_secs: d_list_lag(),
-            latency_ms: d_sfn_latency(),
-            transition_ms: d_transition(),
-            retry: RetryModel::default(),
-            completion_events: false,
-            completion_event_delay_secs: d_event_delay(),
-            remembered_lambdas_per_execution: None,
-        }
+        Self::DEFAULT
     }
 }
 
+/// The workflow's Retry of a failed or throttled Lambda task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetryModel {
-    #[serde(default = "d_interval")]
+    /// Seconds to wait before the first retry.
     pub interval_secs: f64,
-    #[serde(default = "d_backoff")]
+    /// Multiplier of the wait before each further retry.
     pub backoff_rate: f64,
-    #[serde(default = "d_attempts")]
+    /// Attempts of a task in all, the first included; then the execution fails.
     pub max_attempts: u32,
 }
 
-const fn d_interval() -> f64 {
-    1.0
-}
-const fn d_backoff() -> f64 {
-    2.0
-}
-const fn d_attempts() -> u32 {
-    6
+impl RetryModel {
+    /// Every knob's default.
+    pub const DEFAULT: Self = Self {
+        interval_secs: 1.0,
+        backoff_rate: 2.0,
+        max_attempts: 6,
+    };
 }
 
 impl Default for RetryModel {
     fn default() -> Self {
-        RetryModel {
-            interval_secs: d_interval(),
-            backoff_rate: d_backoff(),
-            max_attempts: d_attempts(),
-        }
+        Self::DEFAULT
     }
 }
 
-/// One Lambda task: the function and its duration, lognormal.
+/// One Lambda task: the function and its duration, lognormal. `task` and
+/// `median_secs` are required.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Task {
+    /// Lambda function name.
     pub task: String,
+    /// Median duration, in seconds (lognormal).
     pub median_secs: f64,
-    #[serde(default = "d_sigma")]
+    // The only per-field default here: the same spread as a step's.
+    /// Lognormal sigma of the duration (σ of ln seconds).
+    #[serde(default = "Task::default_sigma")]
     pub sigma: f64,
 }
 
-const fn d_sigma() -> f64 {
-    0.3
+impl Task {
+    fn default_sigma() -> f64 {
+        Step::DEFAULT.sigma
+    }
 }
 
 /// A workflow step: a Lambda task, or a Map running `iteration` once per
 /// item with at most `max_concurrency` items at a time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Step {
-    #[serde(default)]
+    /// Lambda function name of a task step; unset for a Map.
     pub task: Option<String>,
-    #[serde(default)]
+    /// Median duration of a task step, in seconds (lognormal).
     pub median_secs: f64,
-    #[serde(default = "d_sigma")]
+    /// Lognormal sigma of a task step's duration (σ of ln seconds).
     pub sigma: f64,
     /// Items of a Map; with `map_items_max`, uniform in [map_items, max].
-    #[serde(default)]
     pub map_items: Option<u32>,
-    #[serde(default)]
+    /// Most items of a Map, drawn per execution; unset: exactly `map_items`.
     pub map_items_max: Option<u32>,
-    #[serde(default = "d_max_conc")]
+    /// Items of a Map running at once, at most.
     pub max_concurrency: u32,
-    #[serde(default)]
+    /// Tasks run in order for each item of a Map.
     pub iteration: Vec<Task>,
 }
 
-const fn d_max_conc() -> u32 {
-    3
+impl Step {
+    /// Every knob's default; `validate` requires a task or a Map.
+    pub const DEFAULT: Self = Self {
+        task: None,
+        median_secs: 0.0,
+        sigma: 0.3,
+        map_items: None,
+        map_items_max: None,
+        max_concurrency: 3,
+        iteration: Vec::new(),
+    };
 }
 
+impl Default for Step {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// How Lambda adds new execution environments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scaling {
@@ -264,190 +274,205 @@ pub enum Scaling {
     Legacy,
 }
 
+/// Lambda: the account's limit, scaling, errors and warm environments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LambdaModel {
-    #[serde(default = "d_account_limit")]
+    /// Account concurrency limit, in concurrent executions.
     pub account_limit: u32,
-    #[serde(default)]
+    /// How new execution environments are added: per function or account-wide.
     pub scaling: Scaling,
-    #[serde(default = "d_scale_step")]
+    /// Environments a function may add per `scale_period_secs` (per-function).
     pub scale_step: f64,
-    #[serde(default = "d_scale_period")]
+    /// Seconds in which a function may add `scale_step` environments
+    /// (per-function).
     pub scale_period_secs: f64,
-    #[serde(default = "d_legacy_burst")]
+    /// Environments available at once account-wide (legacy scaling).
     pub legacy_burst: f64,
-    #[serde(default = "d_legacy_rate")]
+    /// Environments added account-wide each minute after the burst (legacy).
     pub legacy_per_minute: f64,
     /// Probability that an invocation fails (retried by the workflow).
-    #[serde(default)]
     pub error_rate: f64,
     /// Added to an invocation that needs a new environment.
-    #[serde(default = "d_cold")]
     pub cold_start_ms: u64,
     /// Fraction of idle warm environments reclaimed per minute; a function
     /// returns to a level it was warm at without the scaling limit.
-    #[serde(default = "d_warm_decay")]
     pub warm_decay_per_minute: f64,
     /// Reserved concurrency by function name.
-    #[serde(default)]
     pub reserved: BTreeMap<String, u32>,
 }
 
-const fn d_account_limit() -> u32 {
-    1000
-}
-const fn d_scale_step() -> f64 {
-    1000.0
-}
-const fn d_scale_period() -> f64 {
-    10.0
-}
-const fn d_legacy_burst() -> f64 {
-    3000.0
-}
-const fn d_legacy_rate() -> f64 {
-    500.0
-}
-const fn d_warm_decay() -> f64 {
-    0.2
-}
-const fn d_cold() -> u64 {
-    400
+impl LambdaModel {
+    /// Every knob's default.
+    pub const DEFAULT: Self = Self {
+        account_limit: 1000,
+        scaling: Scaling::PerFunction,
+        scale_step: 1000.0,
+        scale_period_secs: 10.0,
+        legacy_burst: 3000.0,
+        legacy_per_minute: 500.0,
+        error_rate: 0.0,
+        cold_start_ms: 400,
+        warm_decay_per_minute: 0.2,
+        reserved: BTreeMap::new(),
+    };
 }
 
 impl Default for LambdaModel {
     fn default() -> Self {
-        LambdaModel {
-            account_limit: d_account_limit(),
-            scaling: Scaling::default(),
-            scale_step: d_scale_step(),
-            scale_period_secs: d_scale_period(),
-            legacy_burst: d_legacy_burst(),
-            legacy_per_minute: d_legacy_rate(),
-            error_rate: 0.0,
-            cold_start_ms: d_cold(),
-            warm_decay_per_minute: d_warm_decay(),
-            reserved: BTreeMap::new(),
-        }
+        Self::DEFAULT
     }
 }
 
 /// Other functions in the account: base + amplitude × sin(2πt/period),
 /// plus steps. Unless `reserved` is set they use the unreserved pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct OtherLoad {
-    #[serde(default)]
+    /// Mean concurrent executions of the other functions.
     pub base: f64,
-    #[serde(default)]
+    /// Amplitude of the sine around `base`, in concurrent executions.
     pub amplitude: f64,
-    #[serde(default)]
+    /// Period of the sine, in seconds; 0 turns it off.
     pub period_secs: f64,
     /// Concurrency reserved for the other functions (a guarantee and a cap).
-    #[serde(default)]
     pub reserved: u32,
-    #[serde(default)]
+    /// Extra concurrency during windows of time.
     pub steps: Vec<LoadStep>,
 }
 
+/// A step in the other functions' load: `add` more during a window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoadStep {
+    /// Virtual time the step begins, in seconds.
     pub start_secs: f64,
+    /// How long the step lasts, in seconds.
     pub duration_secs: f64,
+    /// Concurrent executions added while the step lasts.
     pub add: f64,
 }
 
+/// CloudWatch: how late the metric is, and when it is missing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct CloudWatchModel {
-    #[serde(default = "d_lag_min")]
+    /// Seconds after its minute ends before a minute can be read, at least.
     pub lag_min_secs: f64,
-    #[serde(default = "d_lag_max")]
+    /// Seconds after its minute ends by which a minute is published, at most
+    /// (the lag is uniform in between).
     pub lag_max_secs: f64,
     /// Probability that a minute is never published.
-    #[serde(default)]
     pub missing_probability: f64,
     /// Windows in which nothing is published.
-    #[serde(default)]
     pub outages: Vec<Window>,
 }
 
-const fn d_lag_min() -> f64 {
-    60.0
-}
-const fn d_lag_max() -> f64 {
-    120.0
+impl CloudWatchModel {
+    /// Every knob's default.
+    pub const DEFAULT: Self = Self {
+        lag_min_secs: 60.0,
+        lag_max_secs: 120.0,
+        missing_probability: 0.0,
+        outages: Vec::new(),
+    };
 }
 
 impl Default for CloudWatchModel {
     fn default() -> Self {
-        CloudWatchModel {
-            lag_min_secs: d_lag_min(),
-            lag_max_secs: d_lag_max(),
-            missing_probability: 0.0,
-            outages: Vec::new(),
-        }
+        Self::DEFAULT
     }
 }
 
+/// A span of virtual time: from `start_secs`, for `duration_secs`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Window {
+    /// Virtual time the window opens, in seconds.
     pub start_secs: f64,
+    /// Length of the window, in seconds.
     pub duration_secs: f64,
 }
 
 impl Window {
+    /// Whether virtual time `t` (seconds) is in the window, its end excluded.
     pub fn contains(&self, t: f64) -> bool {
         t >= self.start_secs && t < self.start_secs + self.duration_secs
     }
 }
 
+/// A fault injected into the run, chosen by `kind`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Fault {
     /// Calls to `service` ("sqs", "sfn", "cloudwatch") fail transiently.
     ApiErrors {
+        /// Service whose calls fail: "sqs", "sfn" or "cloudwatch".
         service: String,
+        /// Virtual time the errors begin, in seconds.
         start_secs: f64,
+        /// How long the errors last, in seconds.
         duration_secs: f64,
+        /// Probability that each call fails.
         probability: f64,
     },
     /// Step Functions API `api` ("start_execution", "list_executions")
     /// throttles with this probability, whatever its bucket holds.
     ThrottleStorm {
+        /// Throttled API: "start_execution" or "list_executions".
         api: String,
+        /// Virtual time the storm begins, in seconds.
         start_secs: f64,
+        /// How long the storm lasts, in seconds.
         duration_secs: f64,
+        /// Probability that each call is throttled.
         probability: f64,
     },
     /// The controller dies at `at_secs` (memory lost, AWS state kept)
     /// and a new one starts `restart_after_secs` later.
     Crash {
+        /// Virtual time the controller dies, in seconds.
         at_secs: f64,
+        /// Seconds from the crash until the new controller starts.
         restart_after_secs: f64,
     },
     /// A second controller (a new replica during a rolling deploy) starts
     /// at `at_secs` and runs beside the first until the end.
-    Replica { at_secs: f64 },
+    Replica {
+        /// Virtual time the second controller starts, in seconds.
+        at_secs: f64,
+    },
 }
 
+/// Why a scenario could not be loaded: one variant per step.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
-    #[error("cannot read scenario {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: String, message: String },
+    /// The file cannot be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The text is not a scenario (syntax, a type, an unknown field).
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    /// The values are not usable: every problem.
     #[error("{path}: {}", problems.join("; "))]
-    Invalid { path: String, problems: Vec<String> },
+    Invalid {
+        /// Where the text came from.
+        path: String,
+        /// Every problem found.
+        problems: Vec<String>,
+    },
 }
 
 impl Scenario {
+    const fn default_seed() -> u64 {
+        1
+    }
+
+    const fn default_max_virtual_secs() -> u64 {
+        6 * 3600
+    }
+
+    /// A scenario shipped inside the binary, by name.
     pub fn builtin(name: &str) -> Option<Scenario> {
         match name {
             "exchange-227k" => {
@@ -457,20 +482,15 @@ impl Scenario {
         }
     }
 
+    /// Read, parse and validate a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        Scenario::parse(&text, &shown)
+        let text = read_file(path, "scenario")?;
+        Scenario::parse(&text, &path.display().to_string())
     }
 
+    /// Parse and validate scenario text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
-        let s: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
-            path: origin.to_string(),
-            message: e.to_string(),
-        })?;
+        let s: Scenario = parse_toml(text, origin)?;
         let problems = s.validate();
         if problems.is_empty() {
             Ok(s)
@@ -482,6 +502,7 @@ impl Scenario {
         }
     }
 
+    /// Every problem with the values, not just the first.
     pub fn validate(&self) -> Vec<String> {
         let mut p = Vec::new();
         if self.workflow.is_empty() {
@@ -574,6 +595,7 @@ impl Scenario {
         })
     }
 
+    /// Crash faults as (at_secs, restart_after_secs), earliest first.
     pub fn crash_faults(&self) -> Vec<(f64, f64)> {
         let mut v: Vec<(f64, f64)> = self
             .faults
@@ -591,6 +613,8 @@ impl Scenario {
     }
 }
 
+// The tests compare values parsed from text.
+#[allow(clippy::float_cmp)]
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -625,5 +649,94 @@ mod tests {
         let text = "name='x'\nceiling=10\n[workload]\nbulk=1\n[[workflow]]\nmedian_secs=1.0\n";
         let err = Scenario::parse(text, "x.toml").unwrap_err().to_string();
         assert!(err.contains("workflow[0]"), "{err}");
+    }
+
+    const MINIMAL: &str = "name = 'x'\nceiling = 10\n[workload]\n\
+        [[workflow]]\ntask = 'a'\nmedian_secs = 1.0\n\
+        [[workflow]]\nmap_items = 2\n[[workflow.iteration]]\ntask = 'b'\nmedian_secs = 2.0\n";
+
+    #[test]
+    fn omitted_knobs_and_empty_sections_are_the_defaults() {
+        let with_sections =
+            format!("{MINIMAL}[sqs]\n[sfn]\n[sfn.retry]\n[lambda]\n[other_load]\n[cloudwatch]\n");
+        for text in [MINIMAL, &with_sections] {
+            let s = Scenario::parse(text, "t").unwrap();
+            assert_eq!((s.seed, s.max_virtual_secs), (1, 6 * 3600));
+            assert_eq!(s.workload, Workload::default());
+            assert_eq!(s.sqs, SqsModel::DEFAULT);
+            assert_eq!(s.sfn, SfnModel::DEFAULT);
+            assert_eq!(s.lambda, LambdaModel::DEFAULT);
+            assert_eq!(s.other_load, OtherLoad::default());
+            assert_eq!(s.cloudwatch, CloudWatchModel::DEFAULT);
+            assert!(s.faults.is_empty());
+            let (task, map) = (&s.workflow[0], &s.workflow[1]);
+            assert_eq!((task.sigma, task.max_concurrency), (0.3, 3));
+            assert_eq!((map.sigma, map.max_concurrency), (0.3, 3));
+            assert_eq!(map.iteration[0].sigma, 0.3);
+        }
+    }
+
+    #[test]
+    fn required_fields_stay_required() {
+        for (field, text) in [
+            ("name", MINIMAL.replace("name = 'x'\n", "")),
+            ("ceiling", MINIMAL.replace("ceiling = 10\n", "")),
+            ("workload", MINIMAL.replace("[workload]\n", "")),
+            (
+                "workflow",
+                "name = 'x'\nceiling = 10\n[workload]\n".to_string(),
+            ),
+            ("task", MINIMAL.replace("task = 'b'\n", "")),
+            ("median_secs", MINIMAL.replace("median_secs = 2.0\n", "")),
+        ] {
+            let err = Scenario::parse(&text, "t.toml").unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("missing field `{field}`")),
+                "{field}: {err}"
+            );
+        }
+    }
+
+    /// The built-in example shows every knob; those set away from their
+    /// default for the example say what the default is.
+    #[test]
+    fn the_example_shows_the_defaults() {
+        let mut s = Scenario::builtin("exchange-227k").unwrap();
+        for (key, default) in [
+            ("account_limit", "Default 1000."),
+            ("error_rate", "Default 0."),
+            ("base", "Default 0."),
+            ("missing_probability", "Default 0."),
+        ] {
+            let at = EXCHANGE_227K.find(&format!("\n{key} = ")).unwrap();
+            let comment = &EXCHANGE_227K[..at][EXCHANGE_227K[..at].rfind("\n\n").unwrap()..];
+            assert!(
+                comment.contains(default),
+                "{key}: no \"{default}\" in {comment}"
+            );
+        }
+        s.lambda.account_limit = LambdaModel::DEFAULT.account_limit;
+        s.lambda.error_rate = LambdaModel::DEFAULT.error_rate;
+        s.other_load.base = 0.0;
+        s.cloudwatch.missing_probability = CloudWatchModel::DEFAULT.missing_probability;
+        assert_eq!((s.seed, s.max_virtual_secs), (1, 6 * 3600));
+        assert_eq!(s.sqs, SqsModel::DEFAULT);
+        assert_eq!(s.sfn, SfnModel::DEFAULT);
+        assert_eq!(s.lambda, LambdaModel::DEFAULT);
+        assert_eq!(s.other_load, OtherLoad::default());
+        assert_eq!(s.cloudwatch, CloudWatchModel::DEFAULT);
+    }
+
+    #[test]
+    fn a_bad_file_is_named_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        let err = Scenario::load(&path).unwrap_err().to_string();
+        assert!(err.starts_with("cannot read scenario "), "{err}");
+        std::fs::write(&path, format!("{MINIMAL}[sqs]\nlatency = 5\n")).unwrap();
+        let err = Scenario::load(&path).unwrap_err().to_string();
+        let shown = format!("{}: TOML parse error at line 13, column 1", path.display());
+        assert!(err.starts_with(&shown), "{err}");
+        assert!(err.contains("unknown field `latency`"), "{err}");
     }
 }

@@ -282,8 +282,8 @@ mod tests {
 
     fn sfn(list_lag_secs: f64, start_execution: Bucket) -> Sfn {
         Sfn::new(&SfnModel {
-            list_lag_secs,
             start_execution,
+            list_lag_secs,
             ..SfnModel::default()
         })
     }
