@@ -18,7 +18,8 @@ pub const EXCHANGE_227K: &str = include_str!("../../config/scenarios/exchange-22
 pub struct Scenario {
     pub name: String,
     // A struct with required fields cannot take its defaults from a
-    // `Default`: these two name a const fn each, the only such fields.
+    // `Default`: these two (and `Task::sigma`) name a function each, the
+    // only per-field defaults left.
     #[serde(default = "Scenario::default_seed")]
     pub seed: u64,
     /// The controller's ceiling, unless `--config` sets one.
