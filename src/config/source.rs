@@ -203,12 +203,9 @@ mod tests {
         std::fs::write(&path, "[controller]\nceiling = 0\n").unwrap();
         let source = Source::File(path.clone());
         assert_eq!(source.origin(), path.display().to_string());
-        let Err(LoadError::Invalid {
-            path: shown,
-            problems,
-        }) = source.load_for_aws()
-        else {
-            panic!("an invalid file was accepted");
+        let (shown, problems) = match source.load_for_aws() {
+            Err(LoadError::Invalid { path, problems }) => (path, problems),
+            other => panic!("expected Invalid, got {other:?}"),
         };
         assert_eq!(shown, path.display().to_string());
         assert_eq!(problems[0].field, "controller.ceiling");
