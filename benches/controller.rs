@@ -32,6 +32,7 @@ fn decision(c: &mut Criterion) {
                 ours: 9_500,
                 foreign: 0,
                 shared: false,
+                share: None,
             }))
         });
     });
@@ -77,6 +78,7 @@ fn decision(c: &mut Criterion) {
                         pipeline_max: 18_000.0,
                         account_max: None,
                         throttles: Some(0.0),
+                        functions: Vec::new(),
                     },
                     Some(90.0),
                 ));

@@ -160,8 +160,19 @@ pub trait Executions: Send + Sync {
     }
 }
 
+/// One pipeline function's published minute.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionSample {
+    /// The function's name, as listed in the config.
+    pub name: String,
+    /// Its maximum concurrency in the minute.
+    pub max: f64,
+    /// Its throttled invocations in the minute (Throttles, Sum), when known.
+    pub throttles: Option<f64>,
+}
+
 /// One published minute of Lambda concurrency.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ConcurrencySample {
     /// Start of the minute, seconds since the backend's epoch (the same
     /// clock as `tokio::time::Instant` offsets handed to `samples_since`).
@@ -173,6 +184,9 @@ pub struct ConcurrencySample {
     /// Throttled invocations of the pipeline's functions in that minute
     /// (AWS/Lambda Throttles, Sum), when known.
     pub throttles: Option<f64>,
+    /// Each pipeline function's own series, when the backend reads them
+    /// (empty when it reads only the account-wide series).
+    pub functions: Vec<FunctionSample>,
 }
 
 /// CloudWatch `ConcurrentExecutions`, 1-minute maxima, late and sometimes
@@ -187,6 +201,15 @@ pub trait ConcurrencyMetrics: Send + Sync {
         &self,
         since_s: u64,
     ) -> impl Future<Output = Result<Vec<ConcurrencySample>, PortError>> + Send;
+
+    /// Each pipeline function's concurrency limit where one is set
+    /// (reserved concurrency, GetFunctionConcurrency): (name, limit), with
+    /// `None` for a function without one. Empty when the backend cannot tell.
+    fn function_limits(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, Option<u32>)>, PortError>> + Send {
+        async { Ok(Vec::new()) }
+    }
 }
 
 /// Where the controller reports its own gauges and counters.

@@ -141,6 +141,7 @@ impl ConcurrencyMetrics for LambdaConcurrency {
                     account_max: Some(*v),
                     // No datapoint: nothing was throttled that minute.
                     throttles: Some(throttles.get(m).copied().unwrap_or(0.0)),
+                    functions: Vec::new(),
                 })
                 .collect()
         } else {
@@ -155,6 +156,7 @@ impl ConcurrencyMetrics for LambdaConcurrency {
                     pipeline_max: pipeline.get(&m).copied().unwrap_or(0.0),
                     account_max: account.get(&m).copied(),
                     throttles: Some(throttles.get(&m).copied().unwrap_or(0.0)),
+                    functions: Vec::new(),
                 })
                 .collect()
         };

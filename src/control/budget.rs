@@ -61,6 +61,20 @@ pub struct Inputs {
     pub foreign: usize,
     /// Another controller is starting executions now.
     pub shared: bool,
+    /// This controller's part of the ceiling under a shared claim record,
+    /// when controllers coordinate through one (None: alone, or no store).
+    pub share: Option<Share>,
+}
+
+/// A controller's part of the ceiling, agreed in the shared claim record.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Share {
+    /// Lambda concurrency this controller may hold: the claims of every
+    /// live controller sum to at most the ceiling.
+    pub lambdas: f64,
+    /// Fraction of Lambda's scaling rate this controller may ramp at: the
+    /// live controllers' fractions sum to at most 1.
+    pub ramp_fraction: f64,
 }
 
 /// Why the budget is what it is (exported as a metric and in logs).
@@ -226,22 +240,30 @@ impl Admission {
 
     fn adaptive(&mut self, i: Inputs, dt: f64, committed: usize) -> Decision {
         let k = i.k.max(1e-6);
-        let ceiling = self.effective_ceiling(i.other_load);
+        let mut ceiling = self.effective_ceiling(i.other_load);
+        // Under a shared claim, the ceiling and Lambda's scaling are split
+        // between the live controllers.
+        let (mut ramp_rate, mut ramp_initial) = (self.ramp_rate_now, self.ramp_initial);
+        if let Some(s) = i.share {
+            let f = s.ramp_fraction.clamp(0.0, 1.0);
+            ceiling = ceiling.min(s.lambdas.max(0.0));
+            ramp_rate *= f;
+            ramp_initial *= f;
+        }
         let target = (ceiling / k).floor().max(0.0);
         // Lambda adds environments at a bounded rate: the predicted
         // concurrency may grow by ramp_rate per second, and never jump more
         // than ramp_initial above what is running (after an idle spell the
         // ramp starts again).
         let predicted = committed as f64 * k;
-        self.ramp_cap =
-            (self.ramp_cap + self.ramp_rate_now * dt).min(predicted + self.ramp_initial);
+        self.ramp_cap = (self.ramp_cap + ramp_rate * dt).min(predicted + ramp_initial);
         let ramp = (self.ramp_cap / k).floor();
         // Growth beyond what has been running is spread over an execution
         // lifetime, so a new cohort's phases mix instead of peaking
         // together (its concurrency then stays near its steady share), and
         // never outruns Lambda's scaling even if the whole cohort is at its
         // widest at once.
-        let lambda_rate = self.ramp_rate_now / self.k_max;
+        let lambda_rate = ramp_rate / self.k_max;
         let gap = target - committed as f64;
         self.gap_ref = if gap <= 0.0 {
             0.0
@@ -302,6 +324,7 @@ mod tests {
             ours: running,
             foreign: 0,
             shared: false,
+            share: None,
         }
     }
 

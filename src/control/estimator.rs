@@ -285,6 +285,7 @@ mod tests {
             pipeline_max: max,
             account_max: None,
             throttles: Some(0.0),
+            functions: Vec::new(),
         }
     }
 

@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use crate::ports::ConcurrencySample;
 use crate::sim::scenario::CloudWatchModel;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Published {
     sample: ConcurrencySample,
     /// When the sample becomes readable.
@@ -49,7 +49,7 @@ impl CloudWatch {
             .published
             .iter()
             .filter(|p| p.at <= now && p.sample.minute_start_s >= since)
-            .map(|p| p.sample)
+            .map(|p| p.sample.clone())
             .collect();
         v.sort_by_key(|s| s.minute_start_s);
         v
@@ -69,6 +69,7 @@ mod tests {
             pipeline_max: 1.0,
             account_max: Some(1.0),
             throttles: Some(0.0),
+            functions: Vec::new(),
         }
     }
 

@@ -207,6 +207,7 @@ impl Lambda {
             pipeline_max: f64::from(pipeline),
             account_max: Some(account),
             throttles: Some(self.minute_throttles as f64),
+            functions: Vec::new(),
         };
         self.minute_throttles = 0;
         for f in &mut self.funcs {
