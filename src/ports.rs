@@ -153,6 +153,13 @@ pub trait Executions: Send + Sync {
         async { Ok(None) }
     }
 
+    /// The state machine's definition (Amazon States Language), when the
+    /// backend can read it (DescribeStateMachine): the widest an execution
+    /// can be follows from it.
+    fn definition(&self) -> impl Future<Output = Result<Option<String>, PortError>> + Send {
+        async { Ok(None) }
+    }
+
     /// Remember `k` with the state machine (for its current definition).
     fn remember_k(&self, k: f64) -> impl Future<Output = Result<(), PortError>> + Send {
         let _ = k;

@@ -76,8 +76,8 @@ impl SfnExecutions {
         }
     }
 
-    /// Hash of the state machine's current definition.
-    async fn definition_hash(&self) -> Result<String, PortError> {
+    /// The state machine's current definition (DescribeStateMachine).
+    async fn describe_definition(&self) -> Result<String, PortError> {
         let out = self
             .client
             .describe_state_machine()
@@ -85,7 +85,12 @@ impl SfnExecutions {
             .send()
             .await
             .map_err(|e| classify(SERVICE, &e))?;
-        Ok(short_hash(out.definition()))
+        Ok(out.definition().to_string())
+    }
+
+    /// Hash of the state machine's current definition.
+    async fn definition_hash(&self) -> Result<String, PortError> {
+        Ok(short_hash(&self.describe_definition().await?))
     }
 }
 
@@ -109,6 +114,10 @@ impl Executions for SfnExecutions {
             }
             Err(e) => Err(classify(SERVICE, &e)),
         }
+    }
+
+    async fn definition(&self) -> Result<Option<String>, PortError> {
+        self.describe_definition().await.map(Some)
     }
 
     async fn list_running(&self, next_token: Option<String>) -> Result<ExecutionPage, PortError> {

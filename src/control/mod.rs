@@ -3,6 +3,7 @@
 //! directly. Nothing here reads the config file: each rule takes its own
 //! parameters.
 
+pub mod asl;
 pub mod budget;
 pub mod estimator;
 pub mod ledger;

@@ -1,6 +1,7 @@
 //! The embedded simulated AWS: SQS, Step Functions, Lambda and CloudWatch
 //! in virtual time, driving the same controller code as production.
 
+pub mod asl;
 pub mod driver;
 pub mod plot;
 pub mod ports;
