@@ -129,6 +129,11 @@ impl Executions for SimExecutions {
         Ok(ExecutionPage { names, next_token })
     }
 
+    async fn definition(&self) -> Result<Option<String>, PortError> {
+        tokio::time::sleep(self.latency).await;
+        self.shared.at_now().definition().map(Some)
+    }
+
     async fn remembered_k(&self) -> Result<Option<f64>, PortError> {
         tokio::time::sleep(self.latency * 2).await;
         self.shared.at_now().remembered_k()
@@ -140,7 +145,8 @@ impl Executions for SimExecutions {
     }
 }
 
-/// The `ConcurrencyMetrics` port over the world's CloudWatch.
+/// The `ConcurrencyMetrics` port over the world's CloudWatch (and
+/// Lambda's GetFunctionConcurrency for the functions' limits).
 pub struct SimMetrics {
     /// The world.
     pub shared: Shared,
@@ -156,5 +162,48 @@ impl ConcurrencyMetrics for SimMetrics {
     async fn samples_since(&self, since_s: u64) -> Result<Vec<ConcurrencySample>, PortError> {
         tokio::time::sleep(self.latency).await;
         self.shared.at_now().concurrency_samples(since_s)
+    }
+
+    async fn function_limits(&self) -> Result<Vec<(String, Option<u32>)>, PortError> {
+        tokio::time::sleep(self.latency).await;
+        self.shared.at_now().function_limits()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::scenario::Scenario;
+
+    #[test]
+    fn function_limits_are_the_reservations_one_call_per_function() {
+        let text = "name = 't'\nceiling = 100\n[workload]\n\
+                    [[workflow]]\ntask = 'a'\nmedian_secs = 1.0\n\
+                    [[workflow]]\ntask = 'b'\nmedian_secs = 1.0\n\
+                    [lambda]\nreserved = { b = 40 }\n";
+        let sc = Scenario::parse(text, "t").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let shared = Shared::new(World::new(&sc, 1));
+            let metrics = SimMetrics {
+                shared: shared.clone(),
+                latency: Duration::from_millis(40),
+            };
+            let limits = metrics.function_limits().await.unwrap();
+            assert_eq!(
+                limits,
+                [("a".to_string(), None), ("b".to_string(), Some(40))]
+            );
+            assert!(shared.now_s() >= 0.04, "after the call's latency");
+            let w = shared.at_now();
+            assert_eq!(
+                w.stats.api_calls.get("lambda.GetFunctionConcurrency"),
+                Some(&2)
+            );
+        });
     }
 }

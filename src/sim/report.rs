@@ -65,8 +65,30 @@ pub struct Report {
     /// Lambdas per execution left with the state machine for the next
     /// start (None: nothing learned or remembered).
     pub remembered_lambdas_per_execution: Option<f64>,
+    /// Virtual seconds in which the pipeline's peak Lambda concurrency was
+    /// above the ceiling.
+    #[serde(default)]
+    pub seconds_over_ceiling: u64,
+    /// State transitions that waited for the StateTransition bucket
+    /// (CloudWatch's `ExecutionThrottled`).
+    #[serde(default)]
+    pub state_transitions_throttled: u64,
+    /// Each pipeline function: its peak, its limit and its throttles.
+    #[serde(default)]
+    pub functions: BTreeMap<String, FunctionReport>,
     /// Wall-clock seconds the simulation took.
     pub wall_s: f64,
+}
+
+/// One pipeline function over the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionReport {
+    /// Its highest concurrency.
+    pub peak: u32,
+    /// Its reserved concurrency, if any.
+    pub limit: Option<u32>,
+    /// Its invocations Lambda throttled.
+    pub throttles: u64,
 }
 
 /// Per-second series of a run, for plots and CSV.
@@ -113,6 +135,26 @@ fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
     }
     let i = ((sorted.len() - 1) as f64 * q).round() as usize;
     Some(sorted[i])
+}
+
+/// Seconds whose peak is above `ceiling`.
+fn seconds_over(peaks: &[u32], ceiling: u32) -> u64 {
+    peaks.iter().filter(|&&p| p > ceiling).count() as u64
+}
+
+/// Each pipeline function, by name.
+fn function_reports(w: &World) -> BTreeMap<String, FunctionReport> {
+    w.function_stats()
+        .into_iter()
+        .map(|f| {
+            let r = FunctionReport {
+                peak: f.peak,
+                limit: f.reserved,
+                throttles: f.throttles,
+            };
+            (f.name, r)
+        })
+        .collect()
 }
 
 impl Report {
@@ -208,6 +250,9 @@ impl Report {
             dead_letter_reasons: w.stats.dlq_reasons.clone(),
             duplicate_deliveries: w.stats.duplicate_deliveries,
             remembered_lambdas_per_execution: w.remembered().map(round),
+            seconds_over_ceiling: seconds_over(&w.stats.conc_peak, ceiling),
+            state_transitions_throttled: w.stats.state_transitions_throttled,
+            functions: function_reports(w),
             wall_s: round(wall_s),
         }
     }
@@ -236,8 +281,27 @@ impl Report {
         line("peak_concurrency", self.peak_concurrency.to_string());
         line("utilization", format!("{:.3}", self.utilization));
         line("max_receive_count", self.max_receive_count.to_string());
+        line(
+            "seconds_over_ceiling",
+            self.seconds_over_ceiling.to_string(),
+        );
         line("lambda_throttles", self.lambda_throttles.to_string());
         line("executions_failed", self.executions_failed.to_string());
+        line(
+            "state_transitions_throttled",
+            self.state_transitions_throttled.to_string(),
+        );
+        line(
+            "duplicate_deliveries",
+            self.duplicate_deliveries.to_string(),
+        );
+        for (name, f) in &self.functions {
+            let limit = f.limit.map_or("-".to_string(), |l| l.to_string());
+            line(
+                &format!("function {name}"),
+                format!("peak {} limit {limit} throttles {}", f.peak, f.throttles),
+            );
+        }
         line(
             "api_calls",
             self.api_calls
@@ -286,10 +350,12 @@ pub fn table(reports: &[&Report]) -> String {
         "efficiency",
         "ceiling",
         "peak_concurrency",
+        "seconds_over_ceiling",
         "utilization",
         "max_receive_count",
         "lambda_throttles",
         "executions_failed",
+        "state_transitions_throttled",
         "overhead_calls_per_start",
         "priority_p50_s",
         "priority_p99_s",
@@ -328,4 +394,43 @@ pub fn table(reports: &[&Report]) -> String {
         let _ = writeln!(out, "  api_calls[{}]: {c}", r.policy);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::scenario::Scenario;
+
+    #[test]
+    fn seconds_over_ceiling_and_functions_come_from_the_world() {
+        let text = "name = 't'\nceiling = 100\n[workload]\n\
+                    [[workflow]]\ntask = 'b'\nmedian_secs = 1.0\n\
+                    [[workflow]]\ntask = 'a'\nmedian_secs = 1.0\n\
+                    [lambda]\nreserved = { a = 7 }\n";
+        let sc = Scenario::parse(text, "t").unwrap();
+        let mut w = World::new(&sc, 1);
+        assert!(w.start_execution("x", "{}").unwrap());
+        w.advance(600.0);
+        w.stats.conc_peak = vec![50, 101, 100, 150, 0];
+        let r = Report::build(&w, "adaptive", 1, 100, 600.0, 1, 0.0);
+        assert_eq!(r.seconds_over_ceiling, 2, "101 and 150; 100 is not over");
+        let functions: Vec<(&str, FunctionReport)> = r
+            .functions
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        let one = |limit| FunctionReport {
+            peak: 1,
+            limit,
+            throttles: 0,
+        };
+        assert_eq!(functions, [("a", one(Some(7))), ("b", one(None))]);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["functions"]["a"]["limit"], 7);
+        assert!(
+            r.human().contains("seconds_over_ceiling      2"),
+            "{}",
+            r.human()
+        );
+    }
 }

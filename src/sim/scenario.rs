@@ -8,6 +8,10 @@ use std::path::Path;
 
 use crate::config::{ParseError, ReadError, parse_toml, read_file};
 
+/// Iterations an inline Map runs at once, at most (Step Functions quota;
+/// a Distributed Map runs up to 10,000 child executions).
+pub const INLINE_MAP_MAX_CONCURRENCY: u32 = 40;
+
 /// The built-in scenario, embedded so `fanout simulate` needs no file.
 pub const EXCHANGE_227K: &str = include_str!("../../config/scenarios/exchange-227k.toml");
 
@@ -131,6 +135,10 @@ pub struct SfnModel {
     pub start_execution: Bucket,
     /// ListExecutions' token bucket.
     pub list_executions: Bucket,
+    /// The account's StateTransition token bucket (Standard workflows):
+    /// every state entered and every retry takes a token; a transition
+    /// that finds none waits for one (counted as `ExecutionThrottled`).
+    pub state_transitions: Bucket,
     /// ListExecutions shows a change this long after it happened.
     pub list_lag_secs: f64,
     /// Latency of every Step Functions call, in milliseconds.
@@ -160,6 +168,10 @@ impl SfnModel {
             burst: 200.0,
             per_s: 5.0,
         },
+        state_transitions: Bucket {
+            burst: 5000.0,
+            per_s: 5000.0,
+        },
         list_lag_secs: 2.0,
         latency_ms: 30,
         transition_ms: 60,
@@ -184,7 +196,8 @@ pub struct RetryModel {
     pub interval_secs: f64,
     /// Multiplier of the wait before each further retry.
     pub backoff_rate: f64,
-    /// Attempts of a task in all, the first included; then the execution fails.
+    /// ASL's `MaxAttempts`: the most *retries* after the first attempt
+    /// (6: up to 7 attempts; 0: never retried); then the execution fails.
     pub max_attempts: u32,
 }
 
@@ -239,7 +252,8 @@ pub struct Step {
     pub map_items: Option<u32>,
     /// Most items of a Map, drawn per execution; unset: exactly `map_items`.
     pub map_items_max: Option<u32>,
-    /// Items of a Map running at once, at most.
+    /// Items of a Map running at once, at most: 1 to 40 (an inline Map
+    /// runs at most 40 iterations at once).
     pub max_concurrency: u32,
     /// Tasks run in order for each item of a Map.
     pub iteration: Vec<Task>,
@@ -367,6 +381,12 @@ pub struct CloudWatchModel {
     pub missing_probability: f64,
     /// Windows in which nothing is published.
     pub outages: Vec<Window>,
+    /// Probability that a minute is first readable while it still fills
+    /// in: its value then covers only its first 1–59 seconds (uniform),
+    /// lower than the final one, until `fill_secs` later.
+    pub partial_probability: f64,
+    /// Seconds a partly filled minute takes to show its final value.
+    pub fill_secs: f64,
 }
 
 impl CloudWatchModel {
@@ -376,6 +396,8 @@ impl CloudWatchModel {
         lag_max_secs: 120.0,
         missing_probability: 0.0,
         outages: Vec::new(),
+        partial_probability: 0.0,
+        fill_secs: 0.0,
     };
 }
 
@@ -406,9 +428,10 @@ impl Window {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Fault {
-    /// Calls to `service` ("sqs", "sfn", "cloudwatch") fail transiently.
+    /// Calls to `service` ("sqs", "sfn", "cloudwatch", "lambda") fail
+    /// transiently.
     ApiErrors {
-        /// Service whose calls fail: "sqs", "sfn" or "cloudwatch".
+        /// Service whose calls fail: "sqs", "sfn", "cloudwatch" or "lambda".
         service: String,
         /// Virtual time the errors begin, in seconds.
         start_secs: f64,
@@ -529,6 +552,14 @@ impl Scenario {
                     if s.max_concurrency == 0 {
                         p.push(format!("workflow[{i}].max_concurrency must be at least 1"));
                     }
+                    if s.max_concurrency > INLINE_MAP_MAX_CONCURRENCY {
+                        p.push(format!(
+                            "workflow[{i}].max_concurrency is {}: an inline Map runs at most \
+                             {INLINE_MAP_MAX_CONCURRENCY} iterations at once (more needs a \
+                             Distributed Map)",
+                            s.max_concurrency
+                        ));
+                    }
                     if s.map_items_max.is_some_and(|m| m < n) {
                         p.push(format!("workflow[{i}].map_items_max is below map_items"));
                     }
@@ -563,8 +594,22 @@ impl Scenario {
         if self.sqs.max_receive_count == 0 {
             p.push("sqs.max_receive_count must be at least 1".into());
         }
-        if self.sfn.retry.max_attempts == 0 {
-            p.push("sfn.retry.max_attempts must be at least 1".into());
+        for (name, b) in [
+            ("start_execution", self.sfn.start_execution),
+            ("list_executions", self.sfn.list_executions),
+            ("state_transitions", self.sfn.state_transitions),
+        ] {
+            if !(b.burst >= 1.0 && b.per_s > 0.0) {
+                p.push(format!(
+                    "sfn.{name}: burst must be at least 1 and per_s positive"
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.cloudwatch.partial_probability) {
+            p.push("cloudwatch.partial_probability must be in [0, 1]".into());
+        }
+        if self.cloudwatch.fill_secs.is_nan() || self.cloudwatch.fill_secs < 0.0 {
+            p.push("cloudwatch.fill_secs must not be negative".into());
         }
         p
     }

@@ -122,3 +122,45 @@ fn a_bad_file_is_named_with_its_line() {
     assert!(err.starts_with(&shown), "{err}");
     assert!(err.contains("unknown field `latency`"), "{err}");
 }
+
+#[test]
+fn an_inline_map_runs_at_most_40_iterations_at_once() {
+    let with = |n: u32| {
+        let text = MINIMAL.replace(
+            "map_items = 2\n",
+            &format!("map_items = 2\nmax_concurrency = {n}\n"),
+        );
+        Scenario::parse(&text, "t.toml")
+    };
+    assert!(with(40).is_ok());
+    let err = with(41).unwrap_err().to_string();
+    assert!(
+        err.contains("workflow[1].max_concurrency is 41: an inline Map runs at most 40"),
+        "{err}"
+    );
+}
+
+#[test]
+fn max_attempts_zero_is_asl_never_retry() {
+    let text = format!("{MINIMAL}[sfn.retry]\nmax_attempts = 0\n");
+    assert_eq!(
+        Scenario::parse(&text, "t").unwrap().sfn.retry.max_attempts,
+        0
+    );
+}
+
+#[test]
+fn partial_minutes_and_the_transition_bucket_are_checked() {
+    let text = format!(
+        "{MINIMAL}[sfn]\nstate_transitions = {{ burst = 0.0, per_s = 5.0 }}\n\
+         [cloudwatch]\npartial_probability = 1.5\nfill_secs = -1.0\n"
+    );
+    let err = Scenario::parse(&text, "t").unwrap_err().to_string();
+    for want in [
+        "sfn.state_transitions",
+        "cloudwatch.partial_probability",
+        "cloudwatch.fill_secs",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+}

@@ -27,7 +27,7 @@ impl Faults {
     /// decides.
     pub(super) fn check(
         &self,
-        service: &str,
+        service: &'static str,
         api: &str,
         now: f64,
         rng: &mut StdRng,
@@ -56,12 +56,12 @@ impl Faults {
             if rng.random::<f64>() < p {
                 out = Err(if throttle {
                     PortError::Throttled {
-                        service: "sim",
+                        service,
                         code: "ThrottlingException".into(),
                     }
                 } else {
                     PortError::Transient {
-                        service: "sim",
+                        service,
                         code: "InternalFailure".into(),
                         message: "injected fault".into(),
                     }
@@ -78,7 +78,7 @@ mod tests {
 
     use super::*;
 
-    fn check(faults: &Faults, service: &str, api: &str, now: f64) -> Result<(), PortError> {
+    fn check(faults: &Faults, service: &'static str, api: &str, now: f64) -> Result<(), PortError> {
         faults.check(service, api, now, &mut StdRng::seed_from_u64(7))
     }
 
@@ -94,7 +94,7 @@ mod tests {
             assert!(
                 matches!(
                     check(&faults, "sqs", "receive_message", t),
-                    Err(PortError::Transient { .. })
+                    Err(PortError::Transient { service: "sqs", .. })
                 ),
                 "at {t}"
             );
@@ -114,7 +114,7 @@ mod tests {
         }]);
         assert!(matches!(
             check(&faults, "sfn", "start_execution", 50.0),
-            Err(PortError::Throttled { .. })
+            Err(PortError::Throttled { service: "sfn", .. })
         ));
         assert!(check(&faults, "sfn", "list_executions", 50.0).is_ok());
     }

@@ -25,6 +25,7 @@ use crate::ports::{ConcurrencySample, EntryFailure, Message, OutgoingMessage, Po
 use crate::sim::scenario::Scenario;
 use cloudwatch::CloudWatch;
 use faults::Faults;
+pub use lambda::FunctionStats;
 use lambda::Lambda;
 use sfn::{Sfn, Start};
 use sqs::Sqs;
@@ -66,6 +67,8 @@ enum Event {
         slot: u16,
         task: u16,
         attempt: u16,
+        /// Its StateTransition token is taken (it waited for it).
+        paid: bool,
     },
     Done {
         exec: u32,
@@ -75,9 +78,12 @@ enum Event {
         func: u16,
         ok: bool,
     },
+    /// Enter step `stage` (past the last: the execution's end).
     Stage {
         exec: u32,
         stage: u16,
+        /// Its StateTransition token is taken (it waited for it).
+        paid: bool,
     },
     Arrival,
     StatusChange {
@@ -137,6 +143,9 @@ pub struct Stats {
     pub dlq_reasons: BTreeMap<String, u64>,
     /// Deliveries that were duplicates (at-least-once delivery).
     pub duplicate_deliveries: u64,
+    /// State transitions that waited for the StateTransition bucket
+    /// (CloudWatch's `ExecutionThrottled`).
+    pub state_transitions_throttled: u64,
 }
 
 /// The simulated account, advanced lazily to the time of each call.
@@ -168,13 +177,23 @@ pub struct World {
 }
 
 impl World {
+    /// The state machine's definition (DescribeStateMachine): the
+    /// scenario's workflow in Amazon States Language.
+    pub fn definition(&mut self) -> Result<String, PortError> {
+        self.count("sfn.DescribeStateMachine");
+        self.fault("sfn", "describe_state_machine")?;
+        Ok(crate::sim::asl::definition(&self.sc))
+    }
+
     /// The account at virtual time 0 with the workload enqueued.
     pub fn new(sc: &Scenario, seed: u64) -> World {
         let mut lambda = Lambda::new(&sc.lambda, &sc.other_load, &sc.functions());
         let tasks = workflow::resolve(&sc.workflow, &mut lambda);
-        let mut sqs = Sqs::new(5, sc.sqs.max_receive_count);
-        sqs.set_dlq(PRIORITY, PRIORITY_DLQ);
-        sqs.set_dlq(BULK, BULK_DLQ);
+        let mut sqs = Sqs::new(5, sc.sqs.max_receive_count, seed);
+        for (q, dlq) in [(PRIORITY, PRIORITY_DLQ), (BULK, BULK_DLQ)] {
+            sqs.set_dlq(q, dlq);
+            sqs.set_duplicates(q, sc.sqs.duplicate_delivery_probability);
+        }
         let mut w = World {
             now: 0.0,
             seq: 0,
@@ -184,7 +203,7 @@ impl World {
             sqs,
             sfn: Sfn::new(&sc.sfn),
             lambda,
-            cloudwatch: CloudWatch::new(&sc.cloudwatch),
+            cloudwatch: CloudWatch::new(&sc.cloudwatch, seed),
             faults: Faults::new(&sc.faults),
             tasks,
             origins: Vec::new(),
@@ -290,24 +309,32 @@ impl World {
             self.stats.lambda_seconds += c * (end - self.last_t);
             let p = &mut self.stats.conc_peak[sec];
             *p = (*p).max(conc);
+            // The account-wide sum moves with the other load between
+            // pipeline changes: look at it at least every second.
+            self.lambda.observe(self.last_t);
+            self.lambda.observe(end);
             self.last_t = end;
             let minute = (self.last_t as u64) / 60;
             if minute > self.minute {
-                let sample = self.lambda.close_minute(self.minute * 60);
-                self.cloudwatch.publish(sample, &mut self.rng);
+                let trace = self.lambda.close_minute(self.minute * 60);
+                self.cloudwatch.publish(&trace, &mut self.rng);
                 self.minute = minute;
             }
         }
     }
 
     fn handle(&mut self, e: Event) {
+        if !self.admit_transition(e) {
+            return;
+        }
         match e {
-            Event::Stage { exec, stage } => self.enter_stage(exec, stage),
+            Event::Stage { exec, stage, .. } => self.enter_stage(exec, stage),
             Event::Invoke {
                 exec,
                 slot,
                 task,
                 attempt,
+                ..
             } => self.invoke(exec, slot, task, attempt),
             Event::Done {
                 exec,
@@ -351,7 +378,7 @@ impl World {
         *self.stats.api_calls.entry(op).or_default() += 1;
     }
 
-    fn fault(&mut self, service: &str, api: &str) -> Result<(), PortError> {
+    fn fault(&mut self, service: &'static str, api: &str) -> Result<(), PortError> {
         self.faults.check(service, api, self.now, &mut self.rng)
     }
 
@@ -362,6 +389,7 @@ impl World {
         self.count("sqs.ReceiveMessage");
         self.fault("sqs", "receive_message")?;
         let got = self.sqs.receive(q, max, vis, self.now);
+        self.stats.duplicate_deliveries += got.duplicates;
         for o in got.redriven {
             self.origins[o as usize].in_dlq = true;
         }
@@ -494,7 +522,11 @@ impl World {
                 }
                 self.schedule(
                     self.now + self.transition(),
-                    Event::Stage { exec: x, stage: 0 },
+                    Event::Stage {
+                        exec: x,
+                        stage: 0,
+                        paid: false,
+                    },
                 );
                 Ok(true)
             }
@@ -520,6 +552,25 @@ impl World {
         self.count("cloudwatch.GetMetricData");
         self.fault("cloudwatch", "get_metric_data")?;
         Ok(self.cloudwatch.samples(since, self.now))
+    }
+
+    // ---- Lambda ------------------------------------------------------
+
+    /// GetFunctionConcurrency of each pipeline function: its reserved
+    /// concurrency, `None` when unreserved.
+    pub fn function_limits(&mut self) -> Result<Vec<(String, Option<u32>)>, PortError> {
+        let limits = self.lambda.limits();
+        for _ in &limits {
+            self.count("lambda.GetFunctionConcurrency");
+            self.fault("lambda", "get_function_concurrency")?;
+        }
+        Ok(limits)
+    }
+
+    /// Each pipeline function over the run so far: peak, reservation,
+    /// throttles.
+    pub fn function_stats(&self) -> Vec<FunctionStats> {
+        self.lambda.function_stats()
     }
 
     // ---- driver ------------------------------------------------------

@@ -1,6 +1,15 @@
 //! Step Functions: executions with name idempotency, the API's token
-//! buckets, and ListExecutions' paging and eventual consistency. The
-//! workflow an execution runs is driven from `workflow.rs`.
+//! buckets, the account's StateTransition bucket, and ListExecutions'
+//! paging and eventual consistency. The workflow an execution runs is
+//! driven from `workflow.rs`.
+//!
+//! State transitions: "Step Functions state transitions are throttled
+//! using a token bucket scheme" (Standard: 5,000 / 5,000 per s in us-east-1,
+//! us-west-2 and eu-west-1, 800 / 800 elsewhere; less on new accounts), and
+//! the throttling "is reported as `ExecutionThrottled`", "the number of
+//! StateEntered events and retries that have been throttled". Nothing
+//! documents an execution failing for it: a throttled transition here
+//! waits for its token, and the execution runs late.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -53,14 +62,30 @@ impl TokenBucket {
         }
     }
 
-    fn take(&mut self, now: f64) -> bool {
+    fn refill(&mut self, now: f64) {
         self.tokens = (self.tokens + (now - self.t) * self.rate).min(self.burst);
         self.t = now;
+    }
+
+    fn take(&mut self, now: f64) -> bool {
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
         } else {
             false
+        }
+    }
+
+    /// Take a token, in debt if need be: the seconds until the token
+    /// reserved is there (0: at once). Later callers queue behind.
+    fn reserve(&mut self, now: f64) -> f64 {
+        self.refill(now);
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            0.0
+        } else {
+            -self.tokens / self.rate
         }
     }
 }
@@ -96,6 +121,7 @@ pub(super) struct Sfn {
     next_token: u64,
     start_bucket: TokenBucket,
     list_bucket: TokenBucket,
+    transition_bucket: TokenBucket,
     list_lag: f64,
     /// The state machine's `fanout:lambdas-per-execution` tag.
     remembered_k: Option<f64>,
@@ -113,6 +139,7 @@ impl Sfn {
             next_token: 0,
             start_bucket: TokenBucket::full(m.start_execution),
             list_bucket: TokenBucket::full(m.list_executions),
+            transition_bucket: TokenBucket::full(m.state_transitions),
             list_lag: m.list_lag_secs,
             remembered_k: m.remembered_lambdas_per_execution,
         }
@@ -155,6 +182,12 @@ impl Sfn {
         self.by_name.insert(name.to_string(), x);
         self.running.insert(x);
         Ok(Start::New(x))
+    }
+
+    /// A state transition at `now` (a state entered, a retry): the
+    /// seconds it waits for the account's StateTransition bucket.
+    pub(super) fn transition(&mut self, now: f64) -> f64 {
+        self.transition_bucket.reserve(now)
     }
 
     /// Close a running execution.
@@ -271,6 +304,8 @@ impl Sfn {
     }
 }
 
+// The tests compare exact values: whole numbers and exact fractions.
+#[allow(clippy::float_cmp)]
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,5 +400,26 @@ mod tests {
         assert_eq!(admitted(&mut s, 0.0), 3, "the burst");
         assert_eq!(admitted(&mut s, 0.5), 1, "2/s for 0.5 s");
         assert_eq!(admitted(&mut s, 10.0), 3, "refilled to the burst, no more");
+    }
+
+    #[test]
+    fn state_transitions_wait_for_the_bucket_in_turn() {
+        let mut s = Sfn::new(&SfnModel {
+            state_transitions: Bucket {
+                burst: 2.0,
+                per_s: 4.0,
+            },
+            ..SfnModel::default()
+        });
+        let waits: Vec<f64> = (0..5).map(|_| s.transition(0.0)).collect();
+        assert_eq!(
+            waits,
+            [0.0, 0.0, 0.25, 0.5, 0.75],
+            "the burst, then 4 per s"
+        );
+        // The debt is paid at 0.75 s; by 2 s the bucket is full again.
+        assert_eq!(s.transition(2.0), 0.0);
+        assert_eq!(s.transition(2.0), 0.0);
+        assert_eq!(s.transition(2.0), 0.25);
     }
 }

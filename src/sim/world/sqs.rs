@@ -1,12 +1,25 @@
-//! SQS: standard queues with visibility timeouts, receipts and a redrive
-//! policy. Messages live in one arena; a queue holds indices into it.
+//! SQS: standard queues with visibility timeouts, receipts, a redrive
+//! policy and at-least-once delivery. Messages live in one arena; a queue
+//! holds indices into it.
+//!
+//! Receipts, as DeleteMessage documents them: "If you receive a message
+//! more than once, the receipt handle you get each time you receive the
+//! message is different. When you request DeleteMessage, if you don't
+//! provide the most recently received receipt handle for the message, the
+//! request will still succeed, but the message might not be deleted."
+//! Here an older handle never deletes; the latest deletes even while the
+//! message is in another receiver's hand ("Even if the message is locked
+//! by another reader due to the visibility timeout setting, it is still
+//! deleted"). A duplicate delivery ("you might get a message more than
+//! once") hands a message still in flight to the next receive as well,
+//! with a new receipt handle: the first receiver's handle is then stale.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::Duration;
 
-use rand::RngExt;
 use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 
 use super::{Micros, us};
 use crate::ports::{EntryFailure, Message, PortError};
@@ -43,6 +56,10 @@ struct Queue {
     hidden: BinaryHeap<Reverse<(Micros, u32, u32)>>,
     hidden_count: usize,
     dlq: Option<usize>,
+    /// Probability that a delivery is duplicated to the next receive.
+    duplicate_probability: f64,
+    /// Messages in flight the next receive also gets (duplicates).
+    duplicates: VecDeque<u32>,
 }
 
 /// What a receive handed out, and the workload messages it redrove.
@@ -52,6 +69,8 @@ pub(super) struct Received {
     pub(super) messages: Vec<Message>,
     /// Origins of the messages moved to their DLQ on the way.
     pub(super) redriven: Vec<u32>,
+    /// Messages among them delivered again while in another's hand.
+    pub(super) duplicates: u64,
 }
 
 /// A workload message a delete removed.
@@ -70,6 +89,9 @@ pub(super) struct Sqs {
     by_id: HashMap<String, u32>,
     queues: Vec<Queue>,
     max_receive_count: u32,
+    /// Draws duplicate deliveries; apart from the world's stream so runs
+    /// without duplicates keep their draws.
+    duplicate_rng: StdRng,
 }
 
 fn new_id(rng: &mut StdRng) -> String {
@@ -98,14 +120,22 @@ fn entry_failure(index: usize, code: &str, receipt: &str) -> EntryFailure {
 
 impl Sqs {
     /// `queues` empty queues; a queue with a DLQ redrives a message
-    /// received more than `max_receive_count` times.
-    pub(super) fn new(queues: usize, max_receive_count: u32) -> Sqs {
+    /// received more than `max_receive_count` times. `seed` seeds the
+    /// duplicate deliveries.
+    pub(super) fn new(queues: usize, max_receive_count: u32, seed: u64) -> Sqs {
         Sqs {
             msgs: Vec::new(),
             by_id: HashMap::new(),
             queues: (0..queues).map(|_| Queue::default()).collect(),
             max_receive_count,
+            duplicate_rng: StdRng::seed_from_u64(seed ^ 0xd0b1_ede1_17e2_0000),
         }
+    }
+
+    /// Deliver a received message of queue `q` again to the next receive
+    /// with probability `p` (standard queues deliver at least once).
+    pub(super) fn set_duplicates(&mut self, q: usize, p: f64) {
+        self.queues[q].duplicate_probability = p;
     }
 
     /// Give queue `q` the redrive policy to `dlq`.
@@ -188,10 +218,28 @@ impl Sqs {
         }
     }
 
-    /// ReceiveMessage: up to `max` messages, hidden for `vis` seconds.
+    /// ReceiveMessage: up to `max` messages, hidden for `vis` seconds:
+    /// the duplicates due first, then visible messages in order.
     pub(super) fn receive(&mut self, q: usize, max: usize, vis: f64, now: f64) -> Received {
         self.refresh(q, now);
         let mut out = Received::default();
+        // Those due before this receive (a copy drawn now goes to the next).
+        let due = self.queues[q].duplicates.len();
+        for _ in 0..due {
+            if out.messages.len() >= max {
+                break;
+            }
+            let Some(m) = self.queues[q].duplicates.pop_front() else {
+                break;
+            };
+            // Gone from the hand it was in (deleted, or visible again):
+            // no copy is left to deliver.
+            let msg = &self.msgs[m as usize];
+            if msg.state == MsgState::Hidden && msg.queue == q {
+                self.deliver(q, m, vis, now, &mut out);
+                out.duplicates += 1;
+            }
+        }
         while out.messages.len() < max {
             let Some(m) = self.queues[q].visible.pop_front() else {
                 break;
@@ -212,21 +260,33 @@ impl Sqs {
                 }
                 continue;
             }
-            msg.receive_count += 1;
-            msg.receipt += 1;
-            msg.vis_seq += 1;
-            msg.state = MsgState::Hidden;
-            out.messages.push(Message {
-                id: msg.id.clone(),
-                receipt: format!("{m}:{}", msg.receipt),
-                body: msg.body.clone(),
-                receive_count: msg.receive_count,
-            });
-            let seq = msg.vis_seq;
             self.queues[q].hidden_count += 1;
-            self.queues[q].hidden.push(Reverse((us(now + vis), m, seq)));
+            self.deliver(q, m, vis, now, &mut out);
         }
         out
+    }
+
+    /// Hand message `m` out with a new receipt, hidden until `now + vis`;
+    /// draw whether the next receive gets it too.
+    fn deliver(&mut self, q: usize, m: u32, vis: f64, now: f64, out: &mut Received) {
+        let msg = &mut self.msgs[m as usize];
+        msg.receive_count += 1;
+        msg.receipt += 1;
+        msg.vis_seq += 1;
+        msg.state = MsgState::Hidden;
+        out.messages.push(Message {
+            id: msg.id.clone(),
+            receipt: format!("{m}:{}", msg.receipt),
+            body: msg.body.clone(),
+            receive_count: msg.receive_count,
+        });
+        let seq = msg.vis_seq;
+        let queue = &mut self.queues[q];
+        queue.hidden.push(Reverse((us(now + vis), m, seq)));
+        let p = queue.duplicate_probability;
+        if p > 0.0 && self.duplicate_rng.random::<f64>() < p {
+            queue.duplicates.push_back(m);
+        }
     }
 
     fn parse_receipt(&self, receipt: &str) -> Option<(u32, u32)> {
@@ -327,7 +387,7 @@ mod tests {
 
     /// A work queue with a DLQ at maxReceiveCount 3.
     fn sqs() -> (Sqs, StdRng) {
-        let mut s = Sqs::new(2, 3);
+        let mut s = Sqs::new(2, 3, 7);
         s.set_dlq(WORK, DLQ);
         (s, StdRng::seed_from_u64(7))
     }
@@ -405,5 +465,59 @@ mod tests {
             &failures[0].error,
             PortError::Permanent { code, .. } if code == "MessageNotInflight"
         ));
+    }
+
+    #[test]
+    fn a_duplicate_goes_to_the_next_receive_and_only_its_latest_receipt_deletes() {
+        let (mut s, mut rng) = sqs();
+        s.set_duplicates(WORK, 1.0 - f64::EPSILON);
+        s.push(WORK, "a".into(), Some(0), &mut rng);
+        let first = s.receive(WORK, 10, 30.0, 0.0);
+        assert_eq!((first.messages.len(), first.duplicates), (1, 0));
+        let first = first.messages[0].clone();
+        // In the first receiver's hand, and delivered again all the same.
+        let again = s.receive(WORK, 10, 30.0, 1.0);
+        assert_eq!(again.duplicates, 1);
+        let again = again.messages[0].clone();
+        assert_eq!(
+            (again.id.as_str(), again.body.as_str()),
+            (first.id.as_str(), "a")
+        );
+        assert_eq!(again.receive_count, 2);
+        assert_ne!(again.receipt, first.receipt, "a new receipt handle");
+        assert_eq!((s.visible(WORK), s.hidden(WORK)), (0, 1), "one message");
+        // The older handle: the delete succeeds and deletes nothing.
+        let (failures, deleted) = s.delete(WORK, std::slice::from_ref(&first.receipt));
+        assert!(failures.is_empty() && deleted.is_empty());
+        assert_eq!(s.hidden(WORK), 1);
+        // The latest deletes, and no copy of a deleted message is delivered.
+        let (_, deleted) = s.delete(WORK, &[again.receipt]);
+        assert_eq!(deleted.len(), 1);
+        let after = s.receive(WORK, 10, 30.0, 2.0);
+        assert!(after.messages.is_empty() && after.duplicates == 0);
+        assert_eq!(s.hidden(WORK), 0);
+    }
+
+    #[test]
+    fn duplicates_come_at_about_their_probability_and_not_at_zero() {
+        let dups = |p: f64| {
+            let (mut s, mut rng) = sqs();
+            s.set_duplicates(WORK, p);
+            for i in 0..2000 {
+                s.push(WORK, format!("m{i}"), None, &mut rng);
+            }
+            let mut n = 0;
+            for k in 0..400 {
+                let got = s.receive(WORK, 10, 1e6, f64::from(k));
+                n += got.duplicates;
+            }
+            n
+        };
+        assert_eq!(dups(0.0), 0);
+        let n = dups(0.1);
+        assert!(
+            (150..250).contains(&n),
+            "{n} duplicates of ~2000 deliveries"
+        );
     }
 }

@@ -30,7 +30,67 @@ pub(super) fn resolve(workflow: &[Step], lambda: &mut Lambda) -> Tasks {
         .collect()
 }
 
+/// Whether Step Functions counts event `e` as a state transition not yet
+/// paid for: a state entered (a step, an iteration's task, the end) or a
+/// retry ("each retry will be charged as an additional state transition").
+/// A task step's first attempt is the state its `Stage` entered.
+fn unpaid_transition(e: Event) -> Option<u32> {
+    match e {
+        Event::Stage {
+            exec, paid: false, ..
+        } => Some(exec),
+        Event::Invoke {
+            exec,
+            slot,
+            attempt,
+            paid: false,
+            ..
+        } if slot != MAIN || attempt > 0 => Some(exec),
+        _ => None,
+    }
+}
+
 impl World {
+    /// Take event `e`'s StateTransition token: `true` to run it now;
+    /// `false` when the bucket is empty and it was rescheduled, paid, for
+    /// when its token is there.
+    pub(super) fn admit_transition(&mut self, e: Event) -> bool {
+        let Some(exec) = unpaid_transition(e) else {
+            return true;
+        };
+        if self.sfn.exec(exec).status != ExecStatus::Running {
+            return true;
+        }
+        let wait = self.sfn.transition(self.now);
+        if wait <= 0.0 {
+            return true;
+        }
+        self.stats.state_transitions_throttled += 1;
+        let later = match e {
+            Event::Stage { exec, stage, .. } => Event::Stage {
+                exec,
+                stage,
+                paid: true,
+            },
+            Event::Invoke {
+                exec,
+                slot,
+                task,
+                attempt,
+                ..
+            } => Event::Invoke {
+                exec,
+                slot,
+                task,
+                attempt,
+                paid: true,
+            },
+            other => other,
+        };
+        self.schedule(self.now + wait, later);
+        false
+    }
+
     pub(super) fn transition(&self) -> f64 {
         self.sc.sfn.transition_ms as f64 / 1000.0
     }
@@ -53,6 +113,7 @@ impl World {
                     slot: MAIN,
                     task: 0,
                     attempt: 0,
+                    paid: false,
                 },
             );
             return;
@@ -68,6 +129,7 @@ impl World {
                 Event::Stage {
                     exec,
                     stage: stage + 1,
+                    paid: false,
                 },
             );
             return;
@@ -102,6 +164,7 @@ impl World {
                 slot,
                 task: 0,
                 attempt: 0,
+                paid: false,
             },
         );
     }
@@ -114,11 +177,11 @@ impl World {
         let (f, dist) = self.tasks[stage as usize][task as usize];
         if !self.lambda.admits(f, self.now) {
             self.stats.lambda_throttles += 1;
-            self.lambda.throttled();
+            self.lambda.throttled(f, self.now);
             self.retry_or_fail(exec, slot, task, attempt);
             return;
         }
-        let run = self.lambda.invoke(f, dist, &mut self.rng);
+        let run = self.lambda.invoke(f, dist, self.now, &mut self.rng);
         let conc = self.lambda.concurrency();
         self.stats.peak = self.stats.peak.max(conc);
         let sec = self.now as usize;
@@ -141,8 +204,10 @@ impl World {
     }
 
     fn retry_or_fail(&mut self, exec: u32, slot: u16, task: u16, attempt: u16) {
+        // ASL: "MaxAttempts ... the maximum number of retry attempts";
+        // `attempt` retries are spent, 0 never retries.
         let r = &self.sc.sfn.retry;
-        if u32::from(attempt) + 1 >= r.max_attempts {
+        if u32::from(attempt) >= r.max_attempts {
             self.close(exec, ExecStatus::Failed);
             return;
         }
@@ -154,6 +219,7 @@ impl World {
                 slot,
                 task,
                 attempt: attempt + 1,
+                paid: false,
             },
         );
     }
@@ -184,6 +250,7 @@ impl World {
                 Event::Stage {
                     exec,
                     stage: stage + 1,
+                    paid: false,
                 },
             );
             return;
@@ -197,6 +264,7 @@ impl World {
                     slot,
                     task: task + 1,
                     attempt: 0,
+                    paid: false,
                 },
             );
             return;
@@ -211,6 +279,7 @@ impl World {
                 Event::Stage {
                     exec,
                     stage: stage + 1,
+                    paid: false,
                 },
             );
         }
@@ -229,5 +298,71 @@ impl World {
                 Event::StatusChange { exec },
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::World;
+    use crate::sim::scenario::{Bucket, Scenario};
+
+    /// One execution of `workflow` (TOML steps) run to its end.
+    fn run(workflow: &str, edit: impl FnOnce(&mut Scenario)) -> World {
+        let text = format!("name = 't'\nceiling = 100\n[workload]\n{workflow}");
+        let mut sc = Scenario::parse(&text, "t").unwrap();
+        edit(&mut sc);
+        let mut w = World::new(&sc, 1);
+        assert!(w.start_execution("x", "{}").unwrap());
+        w.advance(3600.0);
+        assert_eq!(w.running_executions(), 0);
+        w
+    }
+
+    const TASK: &str = "[[workflow]]\ntask = 'a'\nmedian_secs = 1.0\n";
+
+    #[test]
+    fn max_attempts_counts_retries_after_the_first_attempt() {
+        let attempts = |max_attempts| {
+            let w = run(TASK, |sc| {
+                sc.lambda.error_rate = 1.0;
+                sc.sfn.retry.max_attempts = max_attempts;
+            });
+            assert_eq!(w.stats.executions_failed, 1);
+            w.stats.lambda_errors
+        };
+        assert_eq!(attempts(0), 1, "0: never retried");
+        assert_eq!(attempts(1), 2);
+        assert_eq!(attempts(6), 7, "the first attempt and six retries");
+    }
+
+    #[test]
+    fn state_transitions_wait_for_the_account_bucket() {
+        let map = "[[workflow]]\nmap_items = 40\nmax_concurrency = 40\n\
+                   [[workflow.iteration]]\ntask = 'a'\nmedian_secs = 1.0\nsigma = 0.01\n";
+        let roomy = run(map, |_| {});
+        assert_eq!(roomy.stats.state_transitions_throttled, 0);
+        let tight = run(map, |sc| {
+            sc.sfn.state_transitions = Bucket {
+                burst: 5.0,
+                per_s: 10.0,
+            };
+        });
+        // 42 transitions (the Map, 40 iterations, the end): 5 from the
+        // burst, the rest one per 0.1 s. Late, but nothing fails.
+        assert!(
+            (34..=37).contains(&tight.stats.state_transitions_throttled),
+            "{}",
+            tight.stats.state_transitions_throttled
+        );
+        assert_eq!(tight.stats.executions_succeeded, 1);
+        // The iterations start 0.1 s apart: they no longer all run at once.
+        assert_eq!(roomy.stats.peak, 40);
+        assert!(tight.stats.peak < 20, "{}", tight.stats.peak);
+        assert!(
+            tight.stats.last_close > roomy.stats.last_close + 3.0,
+            "{} vs {}",
+            tight.stats.last_close,
+            roomy.stats.last_close
+        );
     }
 }
