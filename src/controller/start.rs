@@ -57,9 +57,16 @@ where
                 Ok(outcome) => {
                     let now = self.now();
                     let mut st = self.state();
-                    st.ledger.started(&name, now);
                     match outcome {
-                        StartOutcome::Started => self.tally_in(&mut st, Counter::Starts, 1),
+                        StartOutcome::Started => {
+                            st.ledger.started(&name, now);
+                            self.tally_in(&mut st, Counter::Starts, 1);
+                        }
+                        // The same name and input while it runs comes back
+                        // as Started; AlreadyExists means it closed (or ran
+                        // other input): not running, so not in the ledger,
+                        // where it would inflate the running count until
+                        // the next reconcile and make k̂ read narrow.
                         StartOutcome::AlreadyExists => {
                             self.tally_in(&mut st, Counter::AlreadyExisted, 1);
                         }
