@@ -308,6 +308,9 @@ pub struct AwsConfig {
     pub state_machine_arn: String,
     /// Pipeline functions whose concurrency is summed; empty: account-wide.
     pub functions: Vec<String>,
+    /// Endpoint override for CloudWatch alone (GetMetricData and
+    /// PutMetricData), over `endpoint_url`.
+    pub cloudwatch_endpoint_url: Option<String>,
 }
 
 /// `[http]`: `fanout run`'s HTTP server.

@@ -14,6 +14,7 @@ use crate::aws::sfn::SfnExecutions;
 use crate::aws::sqs::SqsQueue;
 use crate::config::{CONFIG_ENV, Config, Problem, Source as ConfigSource, render};
 use crate::controller::{Backends, Controller, ControllerError, RunSummary, Source};
+use crate::ports::ConcurrencyMetrics;
 use crate::reload;
 use crate::telemetry::{self, Telemetry, TelemetryError};
 
@@ -101,7 +102,7 @@ pub async fn run(cfg: Config, source: ConfigSource, text: String) -> Result<RunO
     let policy = cfg.controller.policy;
     let watch_file = cfg.reload.watch_file;
     let publish = cfg.metrics.clone();
-    let functions = cfg.aws.functions.clone();
+    let limits = backends.metrics.clone();
     let controller = Controller::new(cfg, policy, backends, seed)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -123,7 +124,7 @@ pub async fn run(cfg: Config, source: ConfigSource, text: String) -> Result<RunO
         let every = Duration::from_secs(publish.interval_secs);
         tokio::spawn(publish_metrics(p, telemetry.clone(), every))
     });
-    log_reserved_concurrency(&clients, &functions).await;
+    log_function_limits(&limits).await;
     log_reload_triggers(&source, watch_file);
     let origin = source.origin();
     let reloads = reload::triggers(
@@ -222,18 +223,20 @@ async fn publish_metrics(p: MetricPublisher, t: Telemetry, every: Duration) {
     }
 }
 
-/// Log each pipeline function's reserved concurrency, as read at start.
-async fn log_reserved_concurrency(clients: &Clients, functions: &[String]) {
-    if functions.is_empty() {
-        return;
-    }
-    match crate::aws::lambda::reserved_concurrency(&clients.lambda, functions).await {
-        Ok(r) => {
-            for (f, n) in r {
-                info!(function = %f, reserved = ?n, "reserved concurrency");
+/// Log each pipeline function's concurrency limit, as read at start
+/// (the controller reads them again while it runs).
+async fn log_function_limits(metrics: &LambdaConcurrency) {
+    match metrics.function_limits().await {
+        Ok(limits) => {
+            for (f, limit) in limits {
+                if let Some(n) = limit {
+                    info!(function = %f, reserved = n, "function concurrency limit: reserved concurrency");
+                } else {
+                    info!(function = %f, "function concurrency limit: none reserved (the account's unreserved pool)");
+                }
             }
         }
-        Err(e) => warn!(error = %e, "reserved concurrency unknown"),
+        Err(e) => warn!(error = %e, "function concurrency limits unknown"),
     }
 }
 
@@ -290,7 +293,11 @@ fn backends(cfg: &Config, clients: &Clients, sink: Telemetry) -> AwsBackends {
             .collect(),
         completions: cfg.completion_queue.as_ref().map(|c| queue(&c.url)),
         executions: SfnExecutions::new(clients.sfn.clone(), &cfg.aws.state_machine_arn),
-        metrics: LambdaConcurrency::new(clients.cloudwatch.clone(), cfg.aws.functions.clone()),
+        metrics: LambdaConcurrency::new(
+            clients.cloudwatch.clone(),
+            clients.lambda.clone(),
+            cfg.aws.functions.clone(),
+        ),
         sink,
     }
 }

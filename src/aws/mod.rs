@@ -3,7 +3,8 @@
 //! ([`lambda`]). Clients use aws-config's default credential chain (the ECS
 //! task role in production), the region from `[aws] region` or the
 //! environment, and `[aws] endpoint_url` when set (emulators, VPC
-//! endpoints).
+//! endpoints); CloudWatch alone goes to `[aws] cloudwatch_endpoint_url`
+//! when that is set.
 
 pub mod cloudwatch;
 pub mod lambda;
@@ -45,20 +46,39 @@ impl Clients {
     /// Every client from one SDK config: the region, endpoint and
     /// credentials of `aws`.
     pub async fn new(aws: &AwsConfig) -> Clients {
-        let c = sdk_config(aws).await;
+        Clients::from_sdk_config(&sdk_config(aws).await, aws)
+    }
+
+    /// Every client from `c`, CloudWatch's at `aws.cloudwatch_endpoint_url`
+    /// when set. An endpoint set in code (as `[aws] endpoint_url` is) wins
+    /// over the SDK's service-specific `AWS_ENDPOINT_URL_CLOUDWATCH`, so a
+    /// per-service override has to be set here too.
+    pub fn from_sdk_config(c: &aws_config::SdkConfig, aws: &AwsConfig) -> Clients {
+        let cloudwatch = match &aws.cloudwatch_endpoint_url {
+            Some(url) => aws_sdk_cloudwatch::Client::from_conf(
+                aws_sdk_cloudwatch::config::Builder::from(c)
+                    .endpoint_url(url)
+                    .build(),
+            ),
+            None => aws_sdk_cloudwatch::Client::new(c),
+        };
         Clients {
-            sqs: aws_sdk_sqs::Client::new(&c),
-            sfn: aws_sdk_sfn::Client::new(&c),
-            cloudwatch: aws_sdk_cloudwatch::Client::new(&c),
-            lambda: aws_sdk_lambda::Client::new(&c),
+            sqs: aws_sdk_sqs::Client::new(c),
+            sfn: aws_sdk_sfn::Client::new(c),
+            cloudwatch,
+            lambda: aws_sdk_lambda::Client::new(c),
         }
     }
 }
 
-/// Error codes AWS services use to ask callers to slow down.
+/// Error codes AWS services use to ask callers to slow down. CloudWatch's
+/// RPCv2-CBOR replies carry the query protocol's code ("Throttling") in
+/// `x-amzn-query-error`; LimitExceededException is one the SDK's own retry
+/// classifier retries as throttling, so it is one here too.
 const THROTTLE_CODES: &[&str] = &[
     "ThrottlingException",
     "Throttling",
+    "LimitExceededException",
     "TooManyRequestsException",
     "TooManyRequests",
     "RequestLimitExceeded",
@@ -182,6 +202,10 @@ mod tests {
         ));
         assert!(matches!(
             k("RequestLimitExceeded", 400),
+            PortError::Throttled { .. }
+        ));
+        assert!(matches!(
+            k("LimitExceededException", 400),
             PortError::Throttled { .. }
         ));
         assert!(matches!(k("", 429), PortError::Throttled { .. }));

@@ -5,8 +5,8 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 use super::{
-    Config, ControllerConfig, EstimatorConfig, FixedPolicyConfig, HttpConfig, MetricsConfig,
-    NamingConfig, Problem, QueueConfig, ReloadConfig, RetryConfig, SeedPolicyConfig,
+    AwsConfig, Config, ControllerConfig, EstimatorConfig, FixedPolicyConfig, HttpConfig,
+    MetricsConfig, NamingConfig, Problem, QueueConfig, ReloadConfig, RetryConfig, SeedPolicyConfig,
 };
 
 /// The problems found so far.
@@ -39,6 +39,7 @@ impl Config {
         retry(&self.retry, &mut p);
         seed(&self.seed, &mut p);
         fixed(&self.fixed, &mut p);
+        aws(&self.aws, &mut p);
         http(&self.http, &mut p);
         metrics(&self.metrics, &mut p);
         reload(&self.reload, &mut p);
@@ -259,6 +260,35 @@ fn fixed(f: &FixedPolicyConfig, p: &mut Problems) {
     }
 }
 
+/// The endpoint overrides: an http(s) URL with a host, or the SDK fails
+/// every call (late, and with a less helpful message).
+fn aws(a: &AwsConfig, p: &mut Problems) {
+    for (field, url) in [
+        ("aws.endpoint_url", &a.endpoint_url),
+        ("aws.cloudwatch_endpoint_url", &a.cloudwatch_endpoint_url),
+    ] {
+        if let Some(url) = url
+            && !is_http_url(url)
+        {
+            p.bad(
+                field,
+                format!("\"{url}\" is not an http:// or https:// URL with a host"),
+            );
+        }
+    }
+}
+
+fn is_http_url(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    !host.is_empty() && !host.starts_with(':') && !url.chars().any(char::is_whitespace)
+}
+
 fn http(h: &HttpConfig, p: &mut Problems) {
     if h.listen.parse::<std::net::SocketAddr>().is_err() {
         p.bad(
@@ -362,6 +392,8 @@ multiplier = 0.5
 pollers = 0
 [fixed]
 max_running = 0
+[aws]
+cloudwatch_endpoint_url = "127.0.0.1:4566"
 [http]
 listen = "nowhere"
 [metrics]
@@ -384,12 +416,43 @@ name = "bulk"
                 "retry.multiplier: 0.5 must be at least 1",
                 "seed.pollers: must be at least 1",
                 "fixed.max_running: must be at least 1",
+                "aws.cloudwatch_endpoint_url: \"127.0.0.1:4566\" is not an http:// or https:// URL with a host",
                 "http.listen: \"nowhere\" is not an address and port such as 0.0.0.0:8080",
                 "metrics.interval_secs: must be at least 1",
                 "reload.poll_secs: 0 must be in 1..=3600",
                 "queues[1].name: \"bulk\" is used twice",
             ]
         );
+    }
+
+    #[test]
+    fn endpoint_overrides_must_be_http_urls() {
+        let check = |url: &str| {
+            let text = format!("[aws]\ncloudwatch_endpoint_url = \"{url}\"\n");
+            let cfg: Config = toml::from_str(&text).unwrap();
+            cfg.validate()
+        };
+        for ok in [
+            "http://127.0.0.1:4566",
+            "https://monitoring.us-east-1.amazonaws.com",
+            "http://localhost:1/path",
+        ] {
+            assert_eq!(check(ok), [], "{ok}");
+        }
+        for bad in [
+            "",
+            "127.0.0.1:4566",
+            "ftp://host",
+            "http://",
+            "http://:80",
+            "http://a b",
+        ] {
+            let problems = check(bad);
+            assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+            assert_eq!(problems[0].field, "aws.cloudwatch_endpoint_url");
+        }
+        let cfg: Config = toml::from_str("[aws]\nendpoint_url = \"moto\"\n").unwrap();
+        assert_eq!(cfg.validate()[0].field, "aws.endpoint_url");
     }
 
     /// Every check of `[controller]` still fires, in field order.
