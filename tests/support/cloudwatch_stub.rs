@@ -275,8 +275,8 @@ impl Stub {
     }
 
     /// Minute `minute_s` reads as `m` from Unix time `from_s` on (until a
-    /// version with a later `from_s`); before its first version it has no
-    /// datapoint at all.
+    /// version with a later `from_s`; of two with the same, the one
+    /// published last); before its first version it has no datapoint.
     pub(crate) fn publish(&self, minute_s: u64, from_s: f64, m: Minute) {
         let mut inner = self.inner();
         let versions = inner.minutes.entry(minute_s).or_default();
