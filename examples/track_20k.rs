@@ -138,6 +138,7 @@ fn main() {
             executions: NeverDone::default(),
             metrics: NoData,
             sink: NoMetrics,
+            claims: None,
         };
         let ctl = Controller::new(cfg, Policy::Adaptive, backends, 1).expect("controller");
         let snaps = ctl.subscribe();

@@ -38,6 +38,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// How `fanout run` picks up config changes without a restart.
     pub reload: ReloadConfig,
+    /// Sharing one ceiling between controllers through a claim record.
+    pub coordination: CoordinationConfig,
 }
 
 mod source;
@@ -93,6 +95,9 @@ pub struct ControllerConfig {
     pub metrics_poll_secs: u64,
     /// Time allowed to hand back messages on shutdown (below ECS's 30 s).
     pub shutdown_deadline_secs: u64,
+    /// Period of re-reading each pipeline function's concurrency limit
+    /// (reserved concurrency); it is also read at start.
+    pub function_limits_poll_secs: u64,
 }
 
 impl ControllerConfig {
@@ -118,6 +123,7 @@ impl ControllerConfig {
         list_grace_secs: 30,
         metrics_poll_secs: 20,
         shutdown_deadline_secs: 20,
+        function_limits_poll_secs: 300,
     };
 
     /// The admission loop period.
@@ -174,6 +180,10 @@ pub struct EstimatorConfig {
     pub initial_lambdas_per_execution: Option<f64>,
     /// Keep k̂ with the state machine (a tag) and start from it next time.
     pub remember: bool,
+    /// Seconds after a minute ends before its CloudWatch maxima are used
+    /// (late datapoints still arrive); the last minutes are read again on
+    /// every poll and a higher value raises the estimate.
+    pub settle_secs: u64,
 }
 
 impl EstimatorConfig {
@@ -186,6 +196,7 @@ impl EstimatorConfig {
         min_lambdas_per_execution: 1.0,
         initial_lambdas_per_execution: None,
         remember: true,
+        settle_secs: 60,
     };
 }
 
@@ -371,6 +382,42 @@ impl ReloadConfig {
 }
 
 impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// `[coordination]`: controllers that may run at once (replicas, a rolling
+/// deploy) share the ceiling through a record in a DynamoDB table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoordinationConfig {
+    /// DynamoDB table of claim records (partition key `pk`, a string).
+    /// Unset: this controller assumes it is alone until a reconcile sees
+    /// another one's executions.
+    pub table: Option<String>,
+    /// The record's key; default the state machine's ARN (one ceiling per
+    /// state machine).
+    pub key: Option<String>,
+    /// How often each controller renews its claim.
+    pub renew_secs: u64,
+    /// How long a claim lasts without renewal: a crashed controller's part
+    /// returns after it. At least `controller.list_grace_secs`, so that the
+    /// others list its last executions before its part is free.
+    pub ttl_secs: u64,
+}
+
+impl CoordinationConfig {
+    /// Every option's default, as documented in `config/fanout.toml`.
+    pub const DEFAULT: Self = Self {
+        table: None,
+        key: None,
+        renew_secs: 2,
+        ttl_secs: 45,
+    };
+}
+
+impl Default for CoordinationConfig {
     fn default() -> Self {
         Self::DEFAULT
     }

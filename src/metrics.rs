@@ -16,16 +16,31 @@ pub enum Gauge {
     TargetRunning,
     /// The learned Lambda concurrency per execution (k̂).
     LambdasPerExecution,
+    /// The Lambda concurrency per running execution measured in the last
+    /// usable CloudWatch minute, without margin (0 until one is seen).
+    MeasuredLambdasPerExecution,
+    /// Running executions the tightest function limit allows (0: no
+    /// function limit known).
+    FunctionLimitRunning,
+    /// Lambda concurrency this controller's claim holds in the shared
+    /// record (0 without coordination).
+    ClaimedLambdas,
+    /// Live controllers in the shared claim record (0 without).
+    LiveControllers,
 }
 
 impl Gauge {
     /// Every gauge, in the order they are rendered.
-    pub const ALL: [Gauge; 5] = [
+    pub const ALL: [Gauge; 9] = [
         Gauge::RunningExecutions,
         Gauge::InHand,
         Gauge::Budget,
         Gauge::TargetRunning,
         Gauge::LambdasPerExecution,
+        Gauge::MeasuredLambdasPerExecution,
+        Gauge::FunctionLimitRunning,
+        Gauge::ClaimedLambdas,
+        Gauge::LiveControllers,
     ];
 
     /// The exported name, without the `fanout_` prefix.
@@ -36,6 +51,10 @@ impl Gauge {
             Gauge::Budget => "budget",
             Gauge::TargetRunning => "target_running",
             Gauge::LambdasPerExecution => "lambdas_per_execution",
+            Gauge::MeasuredLambdasPerExecution => "measured_lambdas_per_execution",
+            Gauge::FunctionLimitRunning => "function_limit_running",
+            Gauge::ClaimedLambdas => "claimed_lambdas",
+            Gauge::LiveControllers => "live_controllers",
         }
     }
 
@@ -49,6 +68,18 @@ impl Gauge {
             Gauge::Budget => "Messages admission may receive now.",
             Gauge::TargetRunning => "Running executions the ceiling allows.",
             Gauge::LambdasPerExecution => "Learned Lambda concurrency per execution (k).",
+            Gauge::MeasuredLambdasPerExecution => {
+                "Lambda concurrency per running execution measured in the last CloudWatch minute (above controller.max_lambdas_per_execution: raise it)."
+            }
+            Gauge::FunctionLimitRunning => {
+                "Running executions the tightest pipeline function's concurrency limit allows (0: none known)."
+            }
+            Gauge::ClaimedLambdas => {
+                "Lambda concurrency this controller's claim holds in the shared record (0: no [coordination] table)."
+            }
+            Gauge::LiveControllers => {
+                "Controllers with a live claim in the shared record, this one included (0: no [coordination] table)."
+            }
         }
     }
 

@@ -235,3 +235,30 @@ impl MetricsSink for NoMetrics {
     fn gauge(&self, _: Gauge, _: f64) {}
     fn count(&self, _: Counter, _: u64) {}
 }
+
+/// A claim record as stored, with the version a conditional write must
+/// match.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredClaims {
+    /// Bumped by every write.
+    pub version: u64,
+    /// The claims.
+    pub record: crate::control::claims::Record,
+}
+
+/// The shared store of claims on one ceiling (DynamoDB, memory in the
+/// simulator). Object-safe: the controller holds it as a trait object, so
+/// a backend without one needs no extra type.
+pub trait ClaimStore: Send + Sync {
+    /// The record, if one was ever written.
+    fn load(&self) -> futures::future::BoxFuture<'_, Result<Option<StoredClaims>, PortError>>;
+
+    /// Write `record` as version `expected + 1` (or 1 when `expected` is
+    /// None, only if no record exists). `Ok(false)`: someone else wrote
+    /// first; load again.
+    fn save(
+        &self,
+        expected: Option<u64>,
+        record: crate::control::claims::Record,
+    ) -> futures::future::BoxFuture<'_, Result<bool, PortError>>;
+}

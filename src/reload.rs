@@ -40,12 +40,14 @@ pub const RELOADABLE: &[&str] = &[
     "controller.list_grace_secs",
     "controller.metrics_poll_secs",
     "controller.shutdown_deadline_secs",
+    "controller.function_limits_poll_secs",
     "estimator.margin_fraction",
     "estimator.noise_z",
     "estimator.stability_fraction",
     "estimator.min_completions",
     "estimator.min_lambdas_per_execution",
     "estimator.remember",
+    "estimator.settle_secs",
     "retry.initial_ms",
     "retry.max_ms",
     "retry.multiplier",
@@ -55,6 +57,8 @@ pub const RELOADABLE: &[&str] = &[
     "fixed.max_running",
     "reload.watch_file",
     "reload.poll_secs",
+    "coordination.renew_secs",
+    "coordination.ttl_secs",
 ];
 
 /// Fields (or whole sections) that need a restart, and why. Only for the
@@ -67,7 +71,7 @@ pub const RESTART: &[(&str, &str)] = &[
     ),
     (
         "controller.max_lambdas_per_execution",
-        "the estimator's starting point and bound; what it learned is relative to it",
+        "the estimator's cold-start prior; what it learned is relative to it",
     ),
     (
         "naming.template",
@@ -86,6 +90,14 @@ pub const RESTART: &[(&str, &str)] = &[
     ),
     ("http", "the listening socket is bound at start"),
     ("metrics", "the CloudWatch publisher is spawned at start"),
+    (
+        "coordination.table",
+        "the claim store is built at start; a controller leaving it must give its claim back first",
+    ),
+    (
+        "coordination.key",
+        "the claim store is built at start; a controller leaving it must give its claim back first",
+    ),
 ];
 
 /// One field that differs between two configs.

@@ -3,17 +3,19 @@
 //! reload on SIGHUP and when the file changes (`crate::reload`), and a
 //! graceful shutdown on SIGTERM/SIGINT within `shutdown_deadline_secs`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::aws::Clients;
+use crate::aws::claims::DynamoClaims;
 use crate::aws::cloudwatch::{LambdaConcurrency, MetricPublisher};
 use crate::aws::sfn::SfnExecutions;
 use crate::aws::sqs::SqsQueue;
 use crate::config::{CONFIG_ENV, Config, Problem, Source as ConfigSource, render};
-use crate::controller::{Backends, Controller, ControllerError, RunSummary, Source};
+use crate::controller::{Backends, Claims, Controller, ControllerError, RunSummary, Source};
 use crate::ports::ConcurrencyMetrics;
 use crate::reload;
 use crate::telemetry::{self, Telemetry, TelemetryError};
@@ -299,5 +301,27 @@ fn backends(cfg: &Config, clients: &Clients, sink: Telemetry) -> AwsBackends {
             cfg.aws.functions.clone(),
         ),
         sink,
+        claims: cfg.coordination.table.as_ref().map(|table| {
+            let key = cfg
+                .coordination
+                .key
+                .as_deref()
+                .unwrap_or(&cfg.aws.state_machine_arn);
+            Claims {
+                store: Arc::new(DynamoClaims::new(clients.dynamodb.clone(), table, key)),
+                id: controller_id(),
+            }
+        }),
     }
+}
+
+/// This process among the controllers that may run at once: the host (the
+/// ECS task's container), the process and a random part for a restart.
+fn controller_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "fanout".into());
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }

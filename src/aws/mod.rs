@@ -6,6 +6,7 @@
 //! endpoints); CloudWatch alone goes to `[aws] cloudwatch_endpoint_url`
 //! when that is set.
 
+pub mod claims;
 pub mod cloudwatch;
 pub mod lambda;
 pub mod sfn;
@@ -40,6 +41,8 @@ pub struct Clients {
     pub cloudwatch: aws_sdk_cloudwatch::Client,
     /// Lambda: the functions' reserved concurrency.
     pub lambda: aws_sdk_lambda::Client,
+    /// DynamoDB, for the shared claim record (`[coordination]`).
+    pub dynamodb: aws_sdk_dynamodb::Client,
 }
 
 impl Clients {
@@ -67,6 +70,7 @@ impl Clients {
             sfn: aws_sdk_sfn::Client::new(c),
             cloudwatch,
             lambda: aws_sdk_lambda::Client::new(c),
+            dynamodb: aws_sdk_dynamodb::Client::new(c),
         }
     }
 }

@@ -5,8 +5,9 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 use super::{
-    AwsConfig, Config, ControllerConfig, EstimatorConfig, FixedPolicyConfig, HttpConfig,
-    MetricsConfig, NamingConfig, Problem, QueueConfig, ReloadConfig, RetryConfig, SeedPolicyConfig,
+    AwsConfig, Config, ControllerConfig, CoordinationConfig, EstimatorConfig, FixedPolicyConfig,
+    HttpConfig, MetricsConfig, NamingConfig, Problem, QueueConfig, ReloadConfig, RetryConfig,
+    SeedPolicyConfig,
 };
 
 /// The problems found so far.
@@ -43,6 +44,7 @@ impl Config {
         http(&self.http, &mut p);
         metrics(&self.metrics, &mut p);
         reload(&self.reload, &mut p);
+        coordination(&self.coordination, &self.controller, &mut p);
         queue_names(&self.queues, &mut p);
         p.0
     }
@@ -178,6 +180,12 @@ fn controller_periods(c: &ControllerConfig, p: &mut Problems) {
             ),
         );
     }
+    if !(1..=86_400).contains(&c.function_limits_poll_secs) {
+        p.bad(
+            "controller.function_limits_poll_secs",
+            format!("{} must be in 1..=86400", c.function_limits_poll_secs),
+        );
+    }
 }
 
 fn naming(n: &NamingConfig, p: &mut Problems) {
@@ -227,6 +235,15 @@ fn estimator(e: &EstimatorConfig, c: &ControllerConfig, p: &mut Problems) {
             ),
         );
     }
+    if e.settle_secs > 600 {
+        p.bad(
+            "estimator.settle_secs",
+            format!(
+                "{} must be in 0..=600: a minute used later than that reacts too late",
+                e.settle_secs
+            ),
+        );
+    }
 }
 
 fn retry(r: &RetryConfig, p: &mut Problems) {
@@ -243,6 +260,35 @@ fn retry(r: &RetryConfig, p: &mut Problems) {
         p.bad(
             "retry.multiplier",
             format!("{} must be at least 1", r.multiplier),
+        );
+    }
+}
+
+fn coordination(c: &CoordinationConfig, ctl: &ControllerConfig, p: &mut Problems) {
+    if c.table.as_deref() == Some("") {
+        p.bad(
+            "coordination.table",
+            "is empty: name the DynamoDB table, or leave the option out",
+        );
+    }
+    p.at_least_one("coordination.renew_secs", c.renew_secs);
+    if c.ttl_secs < 3 * c.renew_secs {
+        p.bad(
+            "coordination.ttl_secs",
+            format!(
+                "{} is less than three renewals ({} s): one slow write would void a live claim",
+                c.ttl_secs,
+                3 * c.renew_secs
+            ),
+        );
+    }
+    if c.ttl_secs < ctl.list_grace_secs {
+        p.bad(
+            "coordination.ttl_secs",
+            format!(
+                "{} is less than controller.list_grace_secs ({}): a crashed controller's part would be free before the others can list its last executions",
+                c.ttl_secs, ctl.list_grace_secs
+            ),
         );
     }
 }
@@ -478,8 +524,10 @@ reconcile_interval_secs = 0
 list_pages_per_s = 0
 metrics_poll_secs = 0
 shutdown_deadline_secs = 120
+function_limits_poll_secs = 0
 [estimator]
 min_lambdas_per_execution = 0.0
+settle_secs = 601
 ";
         let cfg: Config = toml::from_str(text).unwrap();
         let fields: Vec<String> = cfg.validate().into_iter().map(|p| p.field).collect();
@@ -501,10 +549,12 @@ min_lambdas_per_execution = 0.0
             "list_pages_per_s",
             "metrics_poll_secs",
             "shutdown_deadline_secs",
+            "function_limits_poll_secs",
         ]
         .iter()
         .map(|f| format!("controller.{f}"))
         .chain(["estimator.min_lambdas_per_execution".to_string()])
+        .chain(["estimator.settle_secs".to_string()])
         .collect();
         assert_eq!(fields, expected);
     }

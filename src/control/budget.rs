@@ -72,6 +72,8 @@ pub struct Share {
     /// Lambda concurrency this controller may hold: the claims of every
     /// live controller sum to at most the ceiling.
     pub lambdas: f64,
+    /// The other live controllers' claims together (Lambdas).
+    pub others: f64,
     /// Fraction of Lambda's scaling rate this controller may ramp at: the
     /// live controllers' fractions sum to at most 1.
     pub ramp_fraction: f64,
@@ -103,6 +105,22 @@ pub struct Decision {
 /// one starts executions too: enough for a new replica to get going.
 const MIN_SHARE: f64 = 0.1;
 
+/// A throttled minute cuts the concurrency the target aims at to this
+/// fraction of the level Lambda allowed in it. The next minute's maximum
+/// runs above the target's mean by the minute-to-minute wander of the sum
+/// (about 1/√N), the saw-tooth between reconciles and the phases of
+/// executions started together (a few per cent, up to ±12 % for cohorts of
+/// long executions): a tenth below the allowed level puts the next minute
+/// under it, where halving (TCP's cut) would throw away half the pipeline
+/// for a limit that was found within a few per cent.
+pub const THROTTLE_CUT: f64 = 0.9;
+
+/// Each clean minute gives back this fraction of the ceiling to a target
+/// held by a throttle: a cut of a tenth is recovered in about five
+/// minutes, two to three CloudWatch delays, so a limit that is still there
+/// shows itself (and cuts again) before the target is far above it.
+pub const RECOVERY_PER_MINUTE: f64 = 0.02;
+
 /// Admission state that carries across decisions: the ramp and the
 /// growth pacing.
 #[derive(Debug, Clone)]
@@ -125,6 +143,17 @@ pub struct Admission {
     /// covers it linearly over a lifetime.
     gap_ref: f64,
     last: Option<Secs>,
+    /// Concurrency the target is held under since a throttled minute
+    /// (multiplicative cut, additive recovery); None once recovered.
+    throttle_cap: Option<f64>,
+    /// Backend time from which a minute's throttles may cut again: minutes
+    /// that began earlier, within a lifetime of the last cut, still show
+    /// the executions admitted before it.
+    cut_from: f64,
+    /// The latest mean lifetime seen (for `cut_from`).
+    lifetime: Option<Secs>,
+    /// Running executions the tightest function limit allows.
+    function_cap: Option<f64>,
 }
 
 impl Admission {
@@ -145,20 +174,71 @@ impl Admission {
             allowed: c.ramp_initial / c.max_lambdas_per_execution,
             gap_ref: 0.0,
             last: None,
+            throttle_cap: None,
+            cut_from: f64::NEG_INFINITY,
+            lifetime: None,
+            function_cap: None,
         }
     }
 
-    /// Lambda throttled the pipeline at `observed` concurrency: the account
-    /// scales slower than configured (the legacy burst model, a low
-    /// account limit). Hold the ramp there and halve its rate.
-    pub fn throttled(&mut self, observed: f64) {
+    /// Lambda throttled the pipeline at `observed` concurrency in the
+    /// minute starting at `minute_s` (backend time; `now_s` is the backend
+    /// time now): the account scales slower than configured (the legacy
+    /// burst model), or a limit is lower than the ceiling (the account's,
+    /// a function's). Hold the ramp there and halve its rate, and cut the
+    /// target to `THROTTLE_CUT` of the level Lambda allowed, unless the
+    /// minute began within a lifetime of the last cut (it shows the
+    /// executions admitted before that cut, which only finishing removes).
+    /// The new cap replaces the old one: a throttle above the old cap says
+    /// Lambda has scaled up since (the legacy model adds 500 a minute), and
+    /// holding the lower figure would leave that room unused.
+    /// Returns whether the target was cut.
+    pub fn throttled(&mut self, observed: f64, minute_s: f64, now_s: f64) -> bool {
         self.ramp_cap = self.ramp_cap.min(observed);
         self.ramp_rate_now = (self.ramp_rate_now / 2.0).max(self.ramp_rate / 64.0);
+        if minute_s < self.cut_from {
+            return false;
+        }
+        self.throttle_cap = Some(THROTTLE_CUT * observed.max(0.0));
+        self.cut_from = now_s + self.lifetime.unwrap_or(60.0).max(60.0);
+        true
     }
 
-    /// A minute without throttles: give the ramp back a tenth of its rate.
+    /// A minute without throttles: give the ramp back a tenth of its rate,
+    /// and a target held by a throttle `RECOVERY_PER_MINUTE` of the ceiling.
     pub fn clean_minute(&mut self) {
         self.ramp_rate_now = (self.ramp_rate_now + self.ramp_rate / 10.0).min(self.ramp_rate);
+        if let Some(c) = self.throttle_cap {
+            let c = c + RECOVERY_PER_MINUTE * self.ceiling;
+            self.throttle_cap = (c < self.ceiling).then_some(c);
+        }
+    }
+
+    /// The widest an execution can be, when the state machine's definition
+    /// bounds it more precisely than the config: it paces Lambda's scaling
+    /// (executions per second = ramp / width) and, before the first
+    /// decision, sizes the first step.
+    pub fn set_k_max(&mut self, k_max: f64) {
+        if self.last.is_none() {
+            self.allowed = self.ramp_initial / k_max;
+        }
+        self.k_max = k_max;
+    }
+
+    /// The concurrency a throttle holds the target under, if any.
+    pub fn throttle_cap(&self) -> Option<f64> {
+        self.throttle_cap
+    }
+
+    /// Running executions the tightest function limit allows, if any.
+    pub fn function_cap(&self) -> Option<f64> {
+        self.function_cap
+    }
+
+    /// Running executions the tightest function limit allows (None: no
+    /// function limit known). Admission keeps the target under it.
+    pub fn set_function_cap(&mut self, running: Option<f64>) {
+        self.function_cap = running.map(|r| r.max(0.0));
     }
 
     /// The ramp rate in force (concurrency per second).
@@ -188,11 +268,15 @@ impl Admission {
         self.seed_multiplier = c.seed_multiplier;
     }
 
-    /// The ceiling after other load in the account is taken out.
+    /// The ceiling after other load in the account is taken out, and
+    /// under the level a throttle holds it at.
     pub fn effective_ceiling(&self, other_load: Option<f64>) -> f64 {
         let mut c = self.ceiling;
         if let (Some(limit), Some(other)) = (self.account_limit, other_load) {
             c = c.min(limit - other);
+        }
+        if let Some(cap) = self.throttle_cap {
+            c = c.min(cap);
         }
         (c * (1.0 - self.headroom)).max(0.0)
     }
@@ -201,9 +285,14 @@ impl Admission {
     pub fn decide(&mut self, i: Inputs) -> Decision {
         let dt = self.last.map_or(0.0, |t| (i.now - t).max(0.0));
         self.last = Some(i.now);
+        if i.lifetime.is_some() {
+            self.lifetime = i.lifetime;
+        }
         let committed = i.running + i.in_hand;
         let d = self.decide_alone(i, dt, committed);
-        if !i.shared || d.budget == 0 {
+        // Under a claim the record splits the room; the reconcile's rule
+        // is for controllers without one.
+        if !i.shared || d.budget == 0 || i.share.is_some() {
             return d;
         }
         let total = (i.ours + i.foreign).max(1) as f64;
@@ -245,12 +334,21 @@ impl Admission {
         // between the live controllers.
         let (mut ramp_rate, mut ramp_initial) = (self.ramp_rate_now, self.ramp_initial);
         if let Some(s) = i.share {
+            // `running` counts the others' executions too: our claim plus
+            // what they run, and never into room another has claimed but
+            // not yet filled.
             let f = s.ramp_fraction.clamp(0.0, 1.0);
-            ceiling = ceiling.min(s.lambdas.max(0.0));
+            let theirs = i.foreign as f64 * k;
+            ceiling = ceiling
+                .min(s.lambdas.max(0.0) + theirs)
+                .min(ceiling - (s.others - theirs).max(0.0));
             ramp_rate *= f;
             ramp_initial *= f;
         }
-        let target = (ceiling / k).floor().max(0.0);
+        let mut target = (ceiling / k).floor().max(0.0);
+        if let Some(f) = self.function_cap {
+            target = target.min(f.floor());
+        }
         // Lambda adds environments at a bounded rate: the predicted
         // concurrency may grow by ramp_rate per second, and never jump more
         // than ramp_initial above what is running (after an idle spell the
@@ -263,7 +361,7 @@ impl Admission {
         // together (its concurrency then stays near its steady share), and
         // never outruns Lambda's scaling even if the whole cohort is at its
         // widest at once.
-        let lambda_rate = ramp_rate / self.k_max;
+        let lambda_rate = ramp_rate / self.k_max.max(k);
         let gap = target - committed as f64;
         self.gap_ref = if gap <= 0.0 {
             0.0
@@ -435,6 +533,91 @@ mod tests {
         let d = a.decide(inputs(151.0, 40, 3.0));
         assert_eq!(d.target, 100);
         assert!(d.budget > 0, "{d:?}");
+    }
+
+    #[test]
+    fn a_throttled_minute_cuts_the_target_once_per_lifetime_and_clean_ones_give_it_back() {
+        let mut a = Admission::new(Policy::Adaptive, &cfg(8_000));
+        let d = a.decide(Inputs {
+            lifetime: Some(120.0),
+            ..inputs(0.0, 0, 4.0)
+        });
+        assert_eq!(d.target, 2000);
+        // Lambda allowed 7,000 in the minute starting at 600 (backend time).
+        assert!(a.throttled(7000.0, 600.0, 700.0));
+        assert_eq!(
+            a.decide(inputs(1.0, 0, 4.0)).target,
+            (0.9 * 7000.0 / 4.0) as usize
+        );
+        // The next minute began before the cut took effect: no second cut.
+        assert!(!a.throttled(6900.0, 660.0, 760.0));
+        assert_eq!(a.throttle_cap(), Some(6300.0));
+        // A lifetime later, a throttle cuts again, from the lower level.
+        assert!(a.throttled(6000.0, 840.0, 900.0));
+        assert_eq!(a.throttle_cap(), Some(5400.0));
+        // Lambda scaled up: a lifetime later it throttles at a higher
+        // level, and the cap follows it up.
+        assert!(a.throttled(6500.0, 1080.0, 1140.0));
+        assert_eq!(a.throttle_cap(), Some(5850.0));
+        assert!(a.throttled(6000.0, 1320.0, 1380.0));
+        // Each clean minute gives back 2 % of the ceiling; above it, gone.
+        a.clean_minute();
+        assert_eq!(a.throttle_cap(), Some(5400.0 + 160.0));
+        for _ in 0..20 {
+            a.clean_minute();
+        }
+        assert_eq!(a.throttle_cap(), None);
+        assert_eq!(a.decide(inputs(2.0, 0, 4.0)).target, 2000);
+    }
+
+    proptest::proptest! {
+        /// After a throttled minute at level m, whatever the estimate and
+        /// the ceiling, the target's concurrency is below the level Lambda
+        /// allowed, by the cut and the headroom.
+        #[test]
+        fn after_a_throttle_the_target_is_under_the_level_lambda_allowed(
+            ceiling in 1000u32..60_000,
+            level in 100.0f64..60_000.0,
+            k in 1.0f64..10.0,
+            headroom in 0.0f64..0.2,
+        ) {
+            let mut c = cfg(ceiling);
+            c.headroom_fraction = headroom;
+            let mut a = Admission::new(Policy::Adaptive, &c);
+            a.throttled(level, 0.0, 0.0);
+            let d = a.decide(inputs(0.0, 0, k));
+            proptest::prop_assert!(d.target as f64 * k <= THROTTLE_CUT * level * (1.0 - headroom) + 1e-9);
+        }
+
+        /// The tightest function limit bounds the target, whatever the
+        /// ceiling says.
+        #[test]
+        fn a_function_cap_bounds_the_target(
+            ceiling in 1000u32..60_000,
+            cap in 0.0f64..30_000.0,
+            k in 1.0f64..10.0,
+        ) {
+            let mut a = Admission::new(Policy::Adaptive, &cfg(ceiling));
+            a.set_function_cap(Some(cap));
+            let d = a.decide(inputs(0.0, 0, k));
+            proptest::prop_assert!(d.target as f64 <= cap);
+            proptest::prop_assert!(d.target as f64 * k <= f64::from(ceiling));
+        }
+    }
+
+    #[test]
+    fn growth_is_paced_by_the_widest_of_the_prior_and_the_estimate() {
+        // k̂ measured at 6 (the prior said 3): Lambda's scaling rate in
+        // executions per second is ramp / 6, not ramp / 3.
+        let mut c = cfg(100_000);
+        c.ramp_initial = 100_000.0;
+        let mut a = Admission::new(Policy::Adaptive, &c);
+        for s in 0..=400 {
+            a.decide(inputs(f64::from(s), 16_666, 6.0));
+        }
+        a.set_ceiling(200_000);
+        let d = a.decide(inputs(410.0, 16_666, 6.0));
+        assert!(d.budget as f64 <= 10.0 * 100.0 / 6.0 + 1.0, "{d:?}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod asl;
 pub mod budget;
+pub mod claims;
 pub mod estimator;
 pub mod ledger;
 pub mod linger;

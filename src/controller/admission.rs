@@ -52,7 +52,7 @@ where
             ours: running.saturating_sub(st.ledger.foreign()),
             foreign: st.ledger.foreign(),
             shared: st.ledger.other_starter_active(),
-            share: None,
+            share: self.share(&st, backend_now),
         };
         let d = st.admission.decide(inputs);
         self.publish(&st, d.budget, d.target);

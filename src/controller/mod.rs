@@ -12,7 +12,9 @@
 //! the bookkeeping around them, one file per loop or duty.
 
 mod admission;
+mod claims;
 mod completions;
+mod definition;
 mod observe;
 mod params;
 mod reconcile;
@@ -20,6 +22,7 @@ mod seed;
 mod settle;
 mod start;
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +33,7 @@ use tracing::info;
 use crate::config::Config;
 use crate::control::Policy;
 use crate::control::budget::Admission;
+use crate::control::claims::Part;
 use crate::control::estimator::Estimator;
 use crate::control::ledger::{Ledger, Secs};
 use crate::control::linger::{DELETE_LINGER, Flush, Pending};
@@ -37,7 +41,7 @@ use crate::control::naming::{Namer, TemplateError};
 use crate::control::pacing::Pacer;
 use crate::control::receive::QueueState;
 use crate::metrics::{Counter, Gauge};
-use crate::ports::{ConcurrencyMetrics, Executions, MetricsSink, WorkQueue};
+use crate::ports::{ClaimStore, ConcurrencyMetrics, Executions, MetricsSink, WorkQueue};
 use crate::reload::{Change, ReloadError};
 
 pub use completions::parse_status_event;
@@ -76,6 +80,17 @@ pub struct Backends<Q, E, M, S> {
     pub metrics: M,
     /// Where the controller's own gauges and counters go.
     pub sink: S,
+    /// The claim record shared with other controllers, when configured.
+    pub claims: Option<Claims>,
+}
+
+/// A shared claim store and this controller's id in it.
+#[derive(Clone)]
+pub struct Claims {
+    /// The store.
+    pub store: Arc<dyn ClaimStore>,
+    /// This controller's id: unique among controllers that may run at once.
+    pub id: String,
 }
 
 /// Counts over one controller life.
@@ -158,6 +173,11 @@ struct State {
     paused_until: Secs,
     /// Per source, in priority order.
     sources: Vec<SourceState>,
+    /// Functions already warned about (a limit below their share).
+    warned_functions: BTreeSet<String>,
+    /// This controller's part of the ceiling under a claim, and until when
+    /// (backend time) it holds without renewal.
+    part: Option<(Part, f64)>,
 }
 
 /// Drains the work queues into executions at the admitted rate.
@@ -198,7 +218,7 @@ where
         let c = &cfg.controller;
         let state = State {
             ledger: Ledger::new(),
-            estimator: Estimator::new((&cfg.estimator).into(), c.max_lambdas_per_execution),
+            estimator: Estimator::new((&cfg).into(), c.max_lambdas_per_execution),
             admission: Admission::new(policy, &(&cfg).into()),
             in_hand: 0,
             ready: false,
@@ -206,6 +226,8 @@ where
             last_observed_s: f64::NEG_INFINITY,
             paused_until: f64::NEG_INFINITY,
             sources: b.sources.iter().map(|_| SourceState::default()).collect(),
+            warned_functions: BTreeSet::new(),
+            part: None,
         };
         Ok(Controller {
             start_pacer: Mutex::new(Arc::new(Pacer::new(c.start_rate_per_s, c.start_burst))),
@@ -255,7 +277,7 @@ where
         {
             let mut st = self.state();
             st.admission.reconfigure(&(&new).into());
-            st.estimator.set_config((&new.estimator).into());
+            st.estimator.set_config((&new).into());
         }
         self.cfg.send_replace(Arc::new(new));
         Ok(changes)
@@ -290,6 +312,9 @@ where
     pub async fn run(&self, shutdown: watch::Receiver<bool>) -> RunSummary {
         let cfg = self.cfg();
         info!(policy = %self.policy, ceiling = cfg.controller.ceiling, "controller starting");
+        if self.policy == Policy::Adaptive {
+            self.read_definition().await;
+        }
         let admission = async {
             match self.policy {
                 Policy::Seed => self.seed_pollers(cfg.seed.pollers, &shutdown).await,
@@ -299,13 +324,14 @@ where
         let reconcile = self.reconcile_loop(shutdown.clone());
         let metrics = self.metrics_loop(shutdown.clone());
         let completions = self.completion_loop(shutdown.clone());
+        let claims = self.claims_loop(shutdown.clone());
         let flusher = async {
             while !*shutdown.borrow() {
                 sleep_unless(Duration::from_secs_f64(DELETE_LINGER), &shutdown).await;
                 self.flush_deletes(Flush::Due).await;
             }
         };
-        tokio::join!(admission, reconcile, metrics, completions, flusher);
+        tokio::join!(admission, reconcile, metrics, completions, flusher, claims);
         self.flush_deletes(Flush::All).await;
         let summary = self.state().summary;
         info!(?summary, "controller stopped");
@@ -329,6 +355,14 @@ where
         s.gauge(Gauge::TargetRunning, target as f64);
         s.gauge(Gauge::LambdasPerExecution, snap.k);
         s.gauge(Gauge::InHand, snap.in_hand as f64);
+        s.gauge(
+            Gauge::MeasuredLambdasPerExecution,
+            st.estimator.measured().unwrap_or(0.0),
+        );
+        s.gauge(
+            Gauge::FunctionLimitRunning,
+            st.admission.function_cap().unwrap_or(0.0),
+        );
     }
 
     fn paused(&self) -> bool {

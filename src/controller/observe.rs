@@ -1,17 +1,19 @@
 //! The metrics loop (adaptive only): CloudWatch's published minutes into
-//! the estimator and the ramp, and k̂ remembered with the state machine so
-//! the next controller starts from it.
+//! the estimator, the ramp and the target's throttle brake; the pipeline
+//! functions' limits into admission; and k̂ remembered with the state
+//! machine so the next controller starts from it.
 
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::{Controller, sleep_unless};
+use super::{Controller, State, sleep_unless};
+use crate::config::Config;
 use crate::control::Policy;
-use crate::control::estimator::SampleUse;
+use crate::control::estimator::Reading;
 use crate::metrics::Counter;
-use crate::ports::{ConcurrencyMetrics, Executions, MetricsSink, WorkQueue};
+use crate::ports::{ConcurrencyMetrics, ConcurrencySample, Executions, MetricsSink, WorkQueue};
 
 impl<Q, E, M, S> Controller<Q, E, M, S>
 where
@@ -28,48 +30,23 @@ where
         if self.cfg().estimator.remember {
             self.recall_k().await;
         }
+        let mut limits_due = f64::NEG_INFINITY;
         while !*shutdown.borrow() {
             let cfg = self.cfg();
-            let every = Duration::from_secs(cfg.controller.metrics_poll_secs);
-            let min_completions = cfg.estimator.min_completions;
-            sleep_unless(every, &shutdown).await;
-            let since = self
-                .state()
-                .estimator
-                .last_sample_minute()
-                .map_or(first_minute, |m| m + 60);
-            match self.b.metrics.samples_since(since).await {
-                Ok(samples) => {
-                    let mut st = self.state();
-                    let lifetime = (st.ledger.completions() >= min_completions)
-                        .then(|| st.ledger.lifetime_quantile(0.9))
-                        .flatten();
-                    for s in samples {
-                        let used = st.estimator.on_sample(&s, lifetime);
-                        match used {
-                            SampleUse::Throttled(level) => {
-                                st.admission.throttled(level);
-                                warn!(
-                                    minute = s.minute_start_s,
-                                    concurrency = level,
-                                    throttles = s.throttles,
-                                    ramp_per_s = st.admission.ramp_rate_now(),
-                                    "Lambda throttled the pipeline; holding the ramp and slowing it"
-                                );
-                                self.tally_in(&mut st, Counter::LambdaThrottledMinutes, 1);
-                            }
-                            _ if s.throttles == Some(0.0) => st.admission.clean_minute(),
-                            _ => {}
-                        }
-                        debug!(
-                            minute = s.minute_start_s,
-                            max = s.pipeline_max,
-                            ?used,
-                            k = st.estimator.k(),
-                            "concurrency sample"
-                        );
-                    }
+            if self.now() >= limits_due {
+                // `run` read the definition before the first admission.
+                if limits_due > f64::NEG_INFINITY {
+                    self.read_definition().await;
                 }
+                self.read_function_limits(&cfg).await;
+                limits_due = self.now() + cfg.controller.function_limits_poll_secs as f64;
+            }
+            let every = Duration::from_secs(cfg.controller.metrics_poll_secs);
+            sleep_unless(every, &shutdown).await;
+            // The last minutes used are read again: CloudWatch revises them.
+            let since = self.state().estimator.since(first_minute);
+            match self.b.metrics.samples_since(since).await {
+                Ok(samples) => self.use_samples(&samples, &cfg),
                 Err(e) => {
                     debug!(error = %e, "concurrency metric unavailable; holding the estimate");
                     self.tally(Counter::MetricErrors, 1);
@@ -87,6 +64,119 @@ where
                         self.tally(Counter::RememberErrors, 1);
                     }
                 }
+            }
+        }
+    }
+
+    /// Feed the settled minutes of one read to the estimator, in order.
+    fn use_samples(&self, samples: &[ConcurrencySample], cfg: &Config) {
+        let now_s = self.b.metrics.now_s();
+        let mut st = self.state();
+        let lifetime = (st.ledger.completions() >= cfg.estimator.min_completions)
+            .then(|| st.ledger.lifetime_quantile(0.9))
+            .flatten();
+        for s in samples {
+            // A minute still open or not yet settled is read again later.
+            if !st.estimator.settled(s.minute_start_s, now_s) {
+                continue;
+            }
+            let r = st.estimator.on_sample(s, lifetime);
+            self.apply_reading(&mut st, s, &r, now_s);
+        }
+        Self::bound_functions(&mut st, cfg);
+    }
+
+    /// What one minute changes beyond k̂: the throttle brake, the ramp's
+    /// recovery, the reports.
+    fn apply_reading(&self, st: &mut State, s: &ConcurrencySample, r: &Reading, now_s: f64) {
+        if let Some(level) = r.throttled {
+            let cut = st
+                .admission
+                .throttled(level, s.minute_start_s as f64, now_s);
+            warn!(
+                minute = s.minute_start_s,
+                concurrency = level,
+                throttles = s.throttles,
+                ramp_per_s = st.admission.ramp_rate_now(),
+                target_concurrency = st.admission.throttle_cap(),
+                cut,
+                "Lambda throttled the pipeline; holding the ramp and the target below the level it allowed"
+            );
+            self.tally_in(st, Counter::LambdaThrottledMinutes, 1);
+        } else if r.clean {
+            st.admission.clean_minute();
+        }
+        if let Some(measured) = r.over_max {
+            error!(
+                option = "controller.max_lambdas_per_execution",
+                configured = st.estimator.k_max(),
+                measured,
+                k = st.estimator.k(),
+                "executions are wider than controller.max_lambdas_per_execution: CloudWatch measured {measured:.2} Lambdas per running execution against the configured {}; admission now follows the measured width, but every cold start overshoots until the option is raised to the state machine's widest step (at least {:.0})",
+                st.estimator.k_max(),
+                measured.ceil()
+            );
+        }
+        for (function, limit) in &r.limits_learned {
+            warn!(
+                function,
+                limit,
+                "Lambda throttled a pipeline function while the account was below its limit: holding the function under the level it allowed (raised 2 % a clean minute); set its reserved concurrency or lower the ceiling"
+            );
+        }
+        debug!(
+            minute = s.minute_start_s,
+            max = s.pipeline_max,
+            used = ?r.width,
+            reread = r.reread,
+            k = st.estimator.k(),
+            "concurrency sample"
+        );
+    }
+
+    /// Read each pipeline function's concurrency limit; log what was read
+    /// when it changes.
+    async fn read_function_limits(&self, cfg: &Config) {
+        match self.b.metrics.function_limits().await {
+            Ok(limits) => {
+                let mut st = self.state();
+                if st.estimator.set_function_limits(&limits) {
+                    let read: Vec<String> = limits
+                        .iter()
+                        .map(|(n, l)| match l {
+                            Some(l) => format!("{n}={l}"),
+                            None => format!("{n}=unreserved"),
+                        })
+                        .collect();
+                    info!(limits = %read.join(", "), "pipeline functions' concurrency limits read");
+                }
+                Self::bound_functions(&mut st, cfg);
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read the pipeline functions' concurrency limits (lambda:GetFunctionConcurrency); keeping the last ones");
+                self.tally(Counter::MetricErrors, 1);
+            }
+        }
+    }
+
+    /// Keep admission under every function's limit, and warn once about a
+    /// function whose limit is below its share of the ceiling.
+    fn bound_functions(st: &mut State, cfg: &Config) {
+        let c = &cfg.controller;
+        let bound = st.estimator.function_bound(c.headroom_fraction);
+        st.admission.set_function_cap(bound.map(|b| b.running));
+        let k = st.estimator.k();
+        for (function, width, limit) in st.estimator.function_widths() {
+            let Some(limit) = limit else { continue };
+            let share = f64::from(c.ceiling) * width.min(k) / k;
+            if limit < share && st.warned_functions.insert(function.clone()) {
+                warn!(
+                    function,
+                    limit,
+                    share,
+                    width,
+                    "a pipeline function's concurrency limit is below its share of the ceiling: admission keeps it under its limit, so the pipeline runs below the ceiling; raise the function's reserved concurrency or lower the ceiling"
+                );
             }
         }
     }

@@ -28,6 +28,18 @@ impl From<&EstimatorConfig> for estimator::Params {
             stability_fraction: e.stability_fraction,
             min_lambdas_per_execution: e.min_lambdas_per_execution,
             initial_lambdas_per_execution: e.initial_lambdas_per_execution,
+            settle_s: e.settle_secs as f64,
+            account_limit: None,
+        }
+    }
+}
+
+impl From<&Config> for estimator::Params {
+    /// The estimator's numbers, with the account limit from `[controller]`.
+    fn from(cfg: &Config) -> Self {
+        estimator::Params {
+            account_limit: cfg.controller.account_limit.map(f64::from),
+            ..(&cfg.estimator).into()
         }
     }
 }

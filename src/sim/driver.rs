@@ -1,15 +1,16 @@
 //! Runs the production controller against the simulated world with the
 //! tokio clock paused: hours of AWS time in seconds, reproducibly.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
 
 use crate::config::{Config, Policy};
-use crate::controller::{Backends, Controller, ControllerError, Source};
+use crate::controller::{Backends, Claims, Controller, ControllerError, Source};
 use crate::ports::NoMetrics;
-use crate::sim::ports::{Shared, SimExecutions, SimMetrics, SimQueue};
+use crate::sim::ports::{Shared, SimClaims, SimExecutions, SimMetrics, SimQueue};
 use crate::sim::report::{Report, Timeline};
 use crate::sim::scenario::Scenario;
 use crate::sim::world::{BULK, BULK_DLQ, COMPLETIONS, PRIORITY, PRIORITY_DLQ, World};
@@ -68,7 +69,18 @@ pub fn backends(
             latency: Duration::from_millis(40),
         },
         sink: NoMetrics,
+        claims: None,
     }
+}
+
+/// The controller `id`'s claims in `store`, when the config shares the
+/// ceiling through a table.
+fn claims(opts: &SimOptions, store: &SimClaims, id: &str) -> Option<Claims> {
+    opts.config.coordination.table.as_ref()?;
+    Some(Claims {
+        store: Arc::new(store.clone()),
+        id: id.to_owned(),
+    })
 }
 
 /// Run a simulation on a fresh current-thread runtime with paused time.
@@ -96,16 +108,20 @@ pub async fn simulate(opts: SimOptions) -> Result<(Report, Timeline), Controller
     let mut next_crash = crashes.next();
     let limit = sc.max_virtual_secs as f64;
     let (replica_tx, replica_rx) = watch::channel(false);
+    // One DynamoDB round trip (~10 ms) per call.
+    let store = SimClaims::new(Duration::from_millis(10));
     let main = async {
         let mut lives = 0u32;
         let end;
         loop {
             lives += 1;
             let (tx, rx) = watch::channel(false);
+            let mut b = backends(&shared, sc);
+            b.claims = claims(&opts, &store, &format!("life-{lives}"));
             let ctl = Controller::new(
                 opts.config.clone(),
                 opts.policy,
-                backends(&shared, sc),
+                b,
                 opts.seed.wrapping_add(u64::from(lives)),
             )?;
             let mut run = Box::pin(ctl.run(rx));
@@ -153,10 +169,12 @@ pub async fn simulate(opts: SimOptions) -> Result<(Report, Timeline), Controller
             () = tokio::time::sleep(Duration::from_secs_f64(at)) => {}
             _ = rx.wait_for(|v| *v) => return 0,
         }
+        let mut b = backends(&shared, sc);
+        b.claims = claims(&opts, &store, "replica");
         match Controller::new(
             opts.config.clone(),
             opts.policy,
-            backends(&shared, sc),
+            b,
             opts.seed ^ 0x5eed_2e91_1ca0,
         ) {
             Ok(c) => {

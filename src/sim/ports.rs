@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use futures::future::BoxFuture;
+
+use crate::control::claims::Record;
 use crate::ports::{
-    ConcurrencyMetrics, ConcurrencySample, EntryFailure, ExecutionPage, Executions, Message,
-    OutgoingMessage, PortError, StartOutcome, WorkQueue,
+    ClaimStore, ConcurrencyMetrics, ConcurrencySample, EntryFailure, ExecutionPage, Executions,
+    Message, OutgoingMessage, PortError, StartOutcome, StoredClaims, WorkQueue,
 };
 use crate::sim::world::World;
 
@@ -42,6 +45,58 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         w.advance(now);
         w
+    }
+}
+
+/// The claim store of controllers sharing a ceiling: a record in memory
+/// with DynamoDB's conditional write, each call waiting `latency`.
+#[derive(Clone)]
+pub struct SimClaims {
+    record: Arc<Mutex<Option<StoredClaims>>>,
+    latency: Duration,
+}
+
+impl SimClaims {
+    /// An empty store whose calls take `latency`.
+    pub fn new(latency: Duration) -> SimClaims {
+        SimClaims {
+            record: Arc::default(),
+            latency,
+        }
+    }
+
+    fn record(&self) -> MutexGuard<'_, Option<StoredClaims>> {
+        self.record
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl ClaimStore for SimClaims {
+    fn load(&self) -> BoxFuture<'_, Result<Option<StoredClaims>, PortError>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.latency).await;
+            Ok(self.record().clone())
+        })
+    }
+
+    fn save(
+        &self,
+        expected: Option<u64>,
+        record: Record,
+    ) -> BoxFuture<'_, Result<bool, PortError>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.latency).await;
+            let mut r = self.record();
+            if r.as_ref().map(|s| s.version) != expected {
+                return Ok(false);
+            }
+            *r = Some(StoredClaims {
+                version: expected.map_or(1, |v| v + 1),
+                record,
+            });
+            Ok(true)
+        })
     }
 }
 

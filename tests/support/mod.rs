@@ -170,6 +170,7 @@ impl Fake {
             executions: self.clone(),
             metrics: self.clone(),
             sink: NoMetrics,
+            claims: None,
         }
     }
 

@@ -1,0 +1,273 @@
+//! Each pipeline function's own constraint: its width ŵ_f (its Lambdas per
+//! running execution, learned like k̂) and its concurrency limit L_f, read
+//! (reserved concurrency) or, where none is read, learned from the
+//! function's throttles. Admission keeps target × ŵ_f ≤ L_f × (1 − headroom)
+//! for every function.
+
+use std::collections::BTreeMap;
+
+use super::width::Width;
+
+/// A learned limit rises by this fraction of itself per clean minute of
+/// its function: a throttle that had another cause (Lambda's scaling
+/// rate, a burst of other load) is forgotten within minutes, while a real
+/// limit is found again a little above the level it was held at.
+pub const LEARNED_LIMIT_RAISE: f64 = 0.02;
+
+/// An account within this fraction of its limit explains a throttle by
+/// itself: no function limit is learned from that minute.
+const ACCOUNT_AT_LIMIT: f64 = 0.03;
+
+/// One function's width and limit.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Function {
+    pub(super) width: Width,
+    /// Read from the backend (reserved concurrency).
+    pub(super) known: Option<f64>,
+    /// Learned from the function's throttles, where none is read.
+    pub(super) learned: Option<f64>,
+}
+
+impl Function {
+    pub(super) fn new(prior: f64) -> Function {
+        Function {
+            width: Width::new(prior),
+            known: None,
+            learned: None,
+        }
+    }
+
+    /// The limit in force: the one read, else the one learned.
+    pub(super) fn limit(&self) -> Option<f64> {
+        self.known.or(self.learned)
+    }
+
+    /// A minute of the function's series: `max` its maximum, `throttles`
+    /// its throttled invocations, `account_at_limit` whether the account
+    /// was at its own limit then. Returns the limit learned, if this
+    /// minute taught one.
+    pub(super) fn limit_minute(
+        &mut self,
+        max: f64,
+        throttles: Option<f64>,
+        account_at_limit: bool,
+    ) -> Option<f64> {
+        if self.known.is_some() {
+            return None;
+        }
+        match throttles {
+            Some(t) if t > 0.0 && !account_at_limit && max > 0.0 => {
+                // Lambda let the function run at `max` and refused the
+                // rest: that is its limit for now.
+                self.learned = Some(max);
+                Some(max)
+            }
+            Some(t) if t <= 0.0 => {
+                if let Some(l) = self.learned {
+                    // Clean: it ran up to `max` without a refusal, and the
+                    // limit is forgotten slowly.
+                    self.learned = Some((l * (1.0 + LEARNED_LIMIT_RAISE)).max(max));
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Whether the account was at its limit in a minute (then throttles are
+/// the account's, not a function's).
+pub(super) fn account_at_limit(account_max: Option<f64>, account_limit: Option<f64>) -> bool {
+    match (account_max, account_limit) {
+        (Some(a), Some(l)) => a >= l * (1.0 - ACCOUNT_AT_LIMIT),
+        _ => false,
+    }
+}
+
+/// The function whose limit binds the running count tightest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionBound {
+    /// The function's name.
+    pub name: String,
+    /// Its concurrency limit (read or learned).
+    pub limit: f64,
+    /// Whether the limit was read (reserved concurrency) or learned.
+    pub read: bool,
+    /// Its width ŵ_f, at most k̂.
+    pub width: f64,
+    /// Running executions its limit allows: limit × (1 − headroom) / width.
+    pub running: f64,
+}
+
+/// The tightest bound among `functions`, with the widths capped at `k`
+/// (no function is wider than the pipeline).
+pub(super) fn tightest(
+    functions: &BTreeMap<String, Function>,
+    k: f64,
+    headroom: f64,
+) -> Option<FunctionBound> {
+    functions
+        .iter()
+        .filter_map(|(name, f)| {
+            let limit = f.limit()?;
+            let width = f.width.value().min(k).max(1e-6);
+            Some(FunctionBound {
+                name: name.clone(),
+                limit,
+                read: f.known.is_some(),
+                width,
+                running: limit * (1.0 - headroom) / width,
+            })
+        })
+        .min_by(|a, b| a.running.total_cmp(&b.running))
+}
+
+// The tests compare results of exact arithmetic.
+#[allow(clippy::float_cmp)]
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::super::{Estimator, Params};
+    use super::*;
+    use crate::ports::{ConcurrencySample, FunctionSample};
+
+    fn est(account_limit: Option<f64>) -> Estimator {
+        let p = Params {
+            margin_fraction: 0.0,
+            noise_z: 0.0,
+            stability_fraction: 0.06,
+            min_lambdas_per_execution: 1.0,
+            initial_lambdas_per_execution: None,
+            settle_s: 60.0,
+            account_limit,
+        };
+        let mut e = Estimator::new(p, 3.0);
+        for t in 0..3600 {
+            e.observe_running(f64::from(t), 4000);
+        }
+        e
+    }
+
+    /// A minute in which each (name, max, throttles) ran.
+    fn minute(m: u64, account: Option<f64>, fs: &[(&str, f64, f64)]) -> ConcurrencySample {
+        ConcurrencySample {
+            minute_start_s: m * 60,
+            pipeline_max: fs.iter().map(|f| f.1).sum(),
+            account_max: account,
+            throttles: Some(fs.iter().map(|f| f.2).sum()),
+            functions: fs
+                .iter()
+                .map(|&(n, max, t)| FunctionSample {
+                    name: n.into(),
+                    max,
+                    throttles: Some(t),
+                })
+                .collect(),
+        }
+    }
+
+    fn limit_of(e: &Estimator, name: &str) -> Option<f64> {
+        e.function_widths()
+            .into_iter()
+            .find(|f| f.0 == name)
+            .and_then(|f| f.2)
+    }
+
+    #[test]
+    fn a_function_throttled_below_the_account_limit_is_held_at_that_level() {
+        let mut e = est(Some(20_000.0));
+        let r = e.on_sample(
+            &minute(
+                5,
+                Some(9_000.0),
+                &[("prep", 1000.0, 0.0), ("map", 6000.0, 50.0)],
+            ),
+            None,
+        );
+        assert_eq!(r.limits_learned, vec![("map".to_string(), 6000.0)]);
+        assert_eq!(limit_of(&e, "map"), Some(6000.0));
+        assert_eq!(limit_of(&e, "prep"), None);
+        // Clean minutes forget it slowly.
+        e.on_sample(&minute(6, Some(7_000.0), &[("map", 5900.0, 0.0)]), None);
+        assert_eq!(
+            limit_of(&e, "map"),
+            Some(6000.0 * (1.0 + LEARNED_LIMIT_RAISE))
+        );
+        // Running clean above it shows the limit is at least that.
+        e.on_sample(&minute(7, Some(7_000.0), &[("map", 6500.0, 0.0)]), None);
+        assert_eq!(limit_of(&e, "map"), Some(6500.0));
+    }
+
+    #[test]
+    fn a_throttle_with_the_account_at_its_limit_teaches_no_function_limit() {
+        let mut e = est(Some(10_000.0));
+        let r = e.on_sample(&minute(5, Some(9_900.0), &[("map", 8000.0, 500.0)]), None);
+        assert!(r.limits_learned.is_empty());
+        assert_eq!(limit_of(&e, "map"), None);
+        assert!(r.throttled.is_some(), "the pipeline's brake still applies");
+    }
+
+    #[test]
+    fn a_limit_read_from_the_backend_wins_over_throttles() {
+        let mut e = est(None);
+        assert!(e.set_function_limits(&[("map".into(), Some(6000)), ("prep".into(), None)]));
+        assert!(
+            !e.set_function_limits(&[("map".into(), Some(6000))]),
+            "unchanged"
+        );
+        e.on_sample(&minute(5, None, &[("map", 5000.0, 10.0)]), None);
+        assert_eq!(limit_of(&e, "map"), Some(6000.0));
+        let b = e.function_bound(0.01).unwrap();
+        assert_eq!((b.name.as_str(), b.read), ("map", true));
+    }
+
+    #[test]
+    fn no_function_series_and_no_limits_bind_nothing() {
+        let mut e = est(None);
+        e.on_sample(&minute(5, None, &[]), None);
+        assert_eq!(e.function_bound(0.01), None);
+        assert!(e.function_widths().is_empty());
+    }
+
+    #[test]
+    fn a_function_width_is_raised_at_once_and_learned_from_stable_minutes() {
+        let mut e = est(None);
+        e.on_sample(
+            &minute(10, None, &[("map", 4000.0 * 4.5, 0.0)]),
+            Some(120.0),
+        );
+        let w = |e: &Estimator| e.function_widths()[0].1;
+        assert_eq!(w(&e), 4.5, "wider than the prior of 3: raised");
+        e.on_sample(
+            &minute(11, None, &[("map", 4000.0 * 2.4, 0.0)]),
+            Some(120.0),
+        );
+        assert_eq!(w(&e), 2.4, "a stable minute lowers it");
+    }
+
+    proptest! {
+        /// Whatever the limits and widths, a target at the bound keeps every
+        /// function under its limit less the headroom, and the bound is the
+        /// tightest one.
+        #[test]
+        fn the_bound_keeps_every_function_under_its_limit(
+            fs in prop::collection::vec((100u32..20_000, 0.1f64..6.0), 1..6),
+            k in 1.0f64..8.0,
+            headroom in 0.0f64..0.2,
+        ) {
+            let mut map = BTreeMap::new();
+            for (i, &(limit, width)) in fs.iter().enumerate() {
+                let mut f = Function::new(width);
+                f.known = Some(f64::from(limit));
+                map.insert(format!("f{i}"), f);
+            }
+            let b = tightest(&map, k, headroom).unwrap();
+            for f in map.values() {
+                let w = f.width.value().min(k);
+                prop_assert!(b.running * w <= f.known.unwrap() * (1.0 - headroom) * (1.0 + 1e-12));
+            }
+            prop_assert!(b.width <= k);
+        }
+    }
+}

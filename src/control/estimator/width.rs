@@ -1,0 +1,96 @@
+//! One learned width: Lambdas per running execution, of the whole pipeline
+//! (k̂) or of one function (ŵ_f). It starts at a prior, is raised at once
+//! by any minute that shows more, and is lowered only to the highest ratio
+//! of the stable minutes of the last execution lifetime.
+//!
+//! Why a lifetime: a population of a fixed size still cycles through its
+//! workflow's phases when its executions started together (a cohort: a
+//! ramp, a refill after a wave of completions), and the cycle's period is
+//! the lifetime. The ratio of one minute is one phase; the widest ratio
+//! over a lifetime is the one that bounds the population's concurrency. A
+//! raise acts at once and does not clear the window: a single narrow
+//! minute after it lowers k̂ only to the widest stable minute of the last
+//! lifetime.
+
+use std::collections::BTreeMap;
+
+use super::SampleUse;
+
+/// Stable minutes always kept, however short the lifetime.
+pub(super) const STABLE_KEPT: usize = 3;
+
+/// A width and the ratios it is learned from.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Width {
+    value: f64,
+    /// Ratios (with margin) of the stable minutes of the last lifetime (at
+    /// least the `STABLE_KEPT` newest), by minute.
+    window: BTreeMap<u64, f64>,
+}
+
+impl Width {
+    /// A width at its prior.
+    pub(super) fn new(prior: f64) -> Width {
+        Width {
+            value: prior,
+            window: BTreeMap::new(),
+        }
+    }
+
+    /// The width in force.
+    pub(super) fn value(&self) -> f64 {
+        self.value
+    }
+
+    /// Lower the width to `to` if it is above (a remembered start).
+    pub(super) fn lower_to(&mut self, to: f64) {
+        self.value = self.value.min(to);
+    }
+
+    /// Raise the width to `to` if it is below (a wider definition).
+    pub(super) fn raise_to(&mut self, to: f64) {
+        self.value = self.value.max(to);
+    }
+
+    /// Feed the ratio (margin included) of `minute`. `stable`: the running
+    /// count was stable for a lifetime before it; `keep_s`: how far back
+    /// stable minutes still count (a lifetime); `floor`: the lowest width
+    /// allowed.
+    pub(super) fn feed(
+        &mut self,
+        minute: u64,
+        ratio: f64,
+        stable: bool,
+        keep_s: f64,
+        floor: f64,
+    ) -> SampleUse {
+        if ratio > self.value {
+            // Acted on at once; not kept: a noise peak held for a whole
+            // lifetime would cost more than it protects.
+            self.value = ratio;
+            return SampleUse::Raised(ratio);
+        }
+        if !stable {
+            return SampleUse::Held(ratio);
+        }
+        let slot = self.window.entry(minute).or_insert(ratio);
+        *slot = slot.max(ratio);
+        self.prune(minute, keep_s);
+        self.value = self.window.values().copied().fold(0.0, f64::max).max(floor);
+        SampleUse::Learned(self.value)
+    }
+
+    /// Drop ratios older than `keep_s` before `newest`, keeping at least
+    /// the `STABLE_KEPT` newest.
+    fn prune(&mut self, newest: u64, keep_s: f64) {
+        let oldest = newest as f64 - keep_s.max(0.0);
+        while self.window.len() > STABLE_KEPT
+            && self
+                .window
+                .first_key_value()
+                .is_some_and(|(&m, _)| (m as f64) < oldest)
+        {
+            self.window.pop_first();
+        }
+    }
+}
