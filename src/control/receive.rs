@@ -52,8 +52,10 @@ impl Step {
     /// can be smaller than the reserve, and bulk work would never start.
     pub fn new(d: &Decision, queues: usize, start_rate_per_s: u32, reserve_fraction: f64) -> Step {
         let step_cap = ((start_rate_per_s as usize) / 2).max(BATCH);
+        // Never the whole target: a target of one execution (a function
+        // limit of one Lambda) would leave bulk work nothing, ever.
         let reserve = if queues > 1 && d.limit == Limit::Ceiling {
-            (d.target as f64 * reserve_fraction).ceil() as usize
+            ((d.target as f64 * reserve_fraction).ceil() as usize).min(d.target.saturating_sub(1))
         } else {
             0
         };
@@ -244,6 +246,10 @@ mod tests {
         // Only the reserve is free: bulk gets nothing.
         let full = Step::new(&decision(20, 6000, Limit::Ceiling), 2, 250, 0.005);
         assert_eq!((full.budget, full.lower), (20, 0));
+        // A target of one execution (a function limit of one Lambda): the
+        // reserve would be all of it, and bulk work would never start.
+        let one = Step::new(&decision(1, 1, Limit::Ceiling), 2, 250, 0.05);
+        assert_eq!((one.budget, one.lower), (1, 1));
     }
 
     #[test]

@@ -95,7 +95,8 @@ pub struct FunctionBound {
     pub read: bool,
     /// Its width ŵ_f, at most k̂.
     pub width: f64,
-    /// Running executions its limit allows: limit × (1 − headroom) / width.
+    /// Running executions its limit allows: limit × (1 − headroom) / width,
+    /// at least one.
     pub running: f64,
 }
 
@@ -116,7 +117,10 @@ pub(super) fn tightest(
                 limit,
                 read: f.known.is_some(),
                 width,
-                running: limit * (1.0 - headroom) / width,
+                // One execution at a time always: a limit below one
+                // execution's width throttles it, and Step Functions'
+                // retries carry it through; a cap of 0 would start nothing.
+                running: (limit * (1.0 - headroom) / width).max(limit.min(1.0)),
             })
         })
         .min_by(|a, b| a.running.total_cmp(&b.running))
@@ -243,7 +247,12 @@ mod tests {
             &minute(11, None, &[("map", 4000.0 * 2.4, 0.0)]),
             Some(120.0),
         );
-        assert_eq!(w(&e), 2.4, "a stable minute lowers it");
+        assert_eq!(w(&e), 4.5, "the wide minute is a phase of this lifetime");
+        e.on_sample(
+            &minute(13, None, &[("map", 4000.0 * 2.4, 0.0)]),
+            Some(120.0),
+        );
+        assert_eq!(w(&e), 2.4, "a lifetime later, a stable minute lowers it");
     }
 
     proptest! {

@@ -505,10 +505,35 @@ impl Estimator {
         // ratio to the mean would over-state the width.
         let running = stats.max;
         if running < MIN_RUNNING {
+            self.ease_functions(&seen, running);
             return r;
         }
         self.feed_widths(&mut r, &seen, running, lifetime_s);
         r
+    }
+
+    /// A pipeline too small to learn from (under `MIN_RUNNING`): a function
+    /// that ran far under its limit without a throttle eases its width
+    /// toward the minute's ratio, `FUNCTION_EASE` a minute. Its own bound
+    /// may hold the pipeline that small (a reservation of a few Lambdas on
+    /// a short first step), and no minute would ever teach it otherwise.
+    /// Larger pipelines learn the widest phase of a lifetime instead:
+    /// easing there would lower a width while a cohort is elsewhere.
+    fn ease_functions(&mut self, seen: &Seen, running: f64) {
+        if running < 1.0 {
+            return;
+        }
+        let margin = 1.0 + self.cfg.margin_fraction + self.cfg.noise_z / running.sqrt();
+        for (name, &(max, thr)) in &seen.functions {
+            let f = self.function_entry(name);
+            let Some(limit) = f.limit() else {
+                continue;
+            };
+            if thr.is_some_and(|t| t > 0.0) || max >= FUNCTION_ROOM * limit {
+                continue;
+            }
+            f.width.ease_to(max / running * margin, FUNCTION_EASE);
+        }
     }
 
     /// k̂ and each function's width from a usable minute.
@@ -577,6 +602,15 @@ impl Estimator {
         learned
     }
 }
+
+/// A function whose minute maximum stayed under this fraction of its limit
+/// had room: its width may ease down.
+const FUNCTION_ROOM: f64 = 0.8;
+
+/// How far a function's width eases per minute with room (a tenth: the
+/// bound it sets rises at most ~11 % a minute, so from under 80 % of the
+/// limit the next minute stays under it).
+const FUNCTION_EASE: f64 = 0.1;
 
 #[cfg(test)]
 mod tests;

@@ -337,6 +337,26 @@ fn a_narrow_minute_after_a_raise_lowers_only_to_the_widest_of_the_lifetime() {
     assert!((e.k() - 4.2).abs() < 1e-9, "learned 4.2: {}", e.k());
     e.on_sample(&sample(11, 4.4 * 2000.0 / margin(2000.0)), Some(120.0));
     assert!((e.k() - 4.4).abs() < 1e-9, "raised: {}", e.k());
+    // The raised minute is a phase of the last lifetime too: a narrow
+    // stable minute keeps it.
     e.on_sample(&sample(12, 3.6 * 2000.0 / margin(2000.0)), Some(120.0));
-    assert!((e.k() - 4.2).abs() < 1e-9, "not down to 3.6: {}", e.k());
+    assert!((e.k() - 4.4).abs() < 1e-9, "not down to 3.6: {}", e.k());
+    // A lifetime later (and past the three stable minutes always kept)
+    // only the narrow phases are left.
+    for m in 14..=16 {
+        e.on_sample(&sample(m, 3.6 * 2000.0 / margin(2000.0)), Some(120.0));
+    }
+    assert!((e.k() - 3.6).abs() < 1e-9, "{}", e.k());
+}
+
+#[test]
+fn a_stable_minute_keeps_the_widest_phase_seen_in_the_last_lifetime_before_it() {
+    // A cohort of a constant size marches through a wide Map (4.0) while
+    // the count is still settling, then through a narrow step (1.5): the
+    // first stable minute must not forget the wide phase it just left.
+    let mut e = Estimator::new(params(), 8.0);
+    run(&mut e, 0, 1200, |_| 2000);
+    e.on_sample(&sample(10, 4.0 * 2000.0 / margin(2000.0)), None);
+    e.on_sample(&sample(12, 1.5 * 2000.0 / margin(2000.0)), Some(300.0));
+    assert!((e.k() - 4.0).abs() < 1e-9, "{}", e.k());
 }

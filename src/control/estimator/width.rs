@@ -26,6 +26,11 @@ pub(super) struct Width {
     /// Ratios (with margin) of the stable minutes of the last lifetime (at
     /// least the `STABLE_KEPT` newest), by minute.
     window: BTreeMap<u64, f64>,
+    /// Ratios of every minute fed (stable or not) of the last lifetime: a
+    /// minute is stable when the running count held for a lifetime before
+    /// it, so those minutes saw the same population in its other phases
+    /// (a cohort marching through a narrow step, then a wide Map).
+    recent: BTreeMap<u64, f64>,
 }
 
 impl Width {
@@ -34,6 +39,7 @@ impl Width {
         Width {
             value: prior,
             window: BTreeMap::new(),
+            recent: BTreeMap::new(),
         }
     }
 
@@ -52,6 +58,15 @@ impl Width {
         self.value = self.value.max(to);
     }
 
+    /// Ease the width a `step` of itself toward `ratio` when above it: a
+    /// minute that shows room, though not a stable one (a function held
+    /// far under its limit by its own bound has no other way down).
+    pub(super) fn ease_to(&mut self, ratio: f64, step: f64) {
+        if ratio < self.value {
+            self.value = ratio.max(self.value * (1.0 - step));
+        }
+    }
+
     /// Feed the ratio (margin included) of `minute`. `stable`: the running
     /// count was stable for a lifetime before it; `keep_s`: how far back
     /// stable minutes still count (a lifetime); `floor`: the lowest width
@@ -64,9 +79,13 @@ impl Width {
         keep_s: f64,
         floor: f64,
     ) -> SampleUse {
+        let seen = self.recent.entry(minute).or_insert(ratio);
+        *seen = seen.max(ratio);
+        let oldest = minute as f64 - keep_s.max(0.0);
+        self.recent.retain(|&m, _| m as f64 >= oldest);
         if ratio > self.value {
-            // Acted on at once; not kept: a noise peak held for a whole
-            // lifetime would cost more than it protects.
+            // Acted on at once; not kept as stable: a noise peak held for a
+            // whole lifetime would cost more than it protects.
             self.value = ratio;
             return SampleUse::Raised(ratio);
         }
@@ -76,7 +95,14 @@ impl Width {
         let slot = self.window.entry(minute).or_insert(ratio);
         *slot = slot.max(ratio);
         self.prune(minute, keep_s);
-        self.value = self.window.values().copied().fold(0.0, f64::max).max(floor);
+        // The widest phase of the last lifetime bounds the population.
+        let phases = self.recent.values().copied().fold(0.0, f64::max);
+        self.value = self
+            .window
+            .values()
+            .copied()
+            .fold(phases, f64::max)
+            .max(floor);
         SampleUse::Learned(self.value)
     }
 
