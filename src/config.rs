@@ -518,6 +518,8 @@ mod tests {
         documented("region", "Default: unset");
         documented("functions", "Default: empty");
         c.aws = AwsConfig::default();
+        documented("table", "Default: unset");
+        c.coordination.table = None;
         // The queues have no default: the example's are examples.
         c.queues.clear();
         assert_eq!(c, Config::default());

@@ -236,6 +236,27 @@ impl MetricsSink for NoMetrics {
     fn count(&self, _: Counter, _: u64) {}
 }
 
+/// One controller's claim.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClaimEntry {
+    /// Lambda concurrency it may hold.
+    pub lambdas: f64,
+    /// Fraction of Lambda's scaling rate it may ramp at.
+    pub ramp: f64,
+    /// Lambda concurrency it would use if it could (its backlog's demand).
+    pub wants: f64,
+    /// Backend time (seconds) after which the claim is void.
+    pub expires_s: f64,
+}
+
+/// The shared record of claims on one ceiling, by controller id; the rule
+/// that writes it is `control::claims`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClaimRecord {
+    /// Claims by controller id (ordered, so every reader sees one order).
+    pub entries: std::collections::BTreeMap<String, ClaimEntry>,
+}
+
 /// A claim record as stored, with the version a conditional write must
 /// match.
 #[derive(Debug, Clone, PartialEq)]
@@ -243,7 +264,7 @@ pub struct StoredClaims {
     /// Bumped by every write.
     pub version: u64,
     /// The claims.
-    pub record: crate::control::claims::Record,
+    pub record: ClaimRecord,
 }
 
 /// The shared store of claims on one ceiling (DynamoDB, memory in the
@@ -259,6 +280,6 @@ pub trait ClaimStore: Send + Sync {
     fn save(
         &self,
         expected: Option<u64>,
-        record: crate::control::claims::Record,
+        record: ClaimRecord,
     ) -> futures::future::BoxFuture<'_, Result<bool, PortError>>;
 }

@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use futures::future::BoxFuture;
 
 use super::classify;
-use crate::control::claims::Record;
+use crate::ports::ClaimRecord as Record;
 use crate::ports::{ClaimStore, PortError, StoredClaims};
 
 const SERVICE: &str = "dynamodb";

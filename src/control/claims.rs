@@ -7,27 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
-/// One controller's claim.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Entry {
-    /// Lambda concurrency it may hold.
-    pub lambdas: f64,
-    /// Fraction of Lambda's scaling rate it may ramp at.
-    pub ramp: f64,
-    /// Lambda concurrency it would use if it could (its backlog's demand).
-    pub wants: f64,
-    /// Backend time (seconds) after which the claim is void.
-    pub expires_s: f64,
-}
-
-/// The shared record: every controller's claim, by controller id.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Record {
-    /// Claims by controller id (ordered, so every reader sees one order).
-    pub entries: BTreeMap<String, Entry>,
-}
+pub use crate::ports::{ClaimEntry as Entry, ClaimRecord as Record};
 
 /// What one controller asks for at a renewal.
 #[derive(Debug, Clone, Copy, PartialEq)]

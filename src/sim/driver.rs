@@ -108,8 +108,7 @@ pub async fn simulate(opts: SimOptions) -> Result<(Report, Timeline), Controller
     let mut next_crash = crashes.next();
     let limit = sc.max_virtual_secs as f64;
     let (replica_tx, replica_rx) = watch::channel(false);
-    // One DynamoDB round trip (~10 ms) per call.
-    let store = SimClaims::new(Duration::from_millis(10));
+    let store = SimClaims::new(Duration::from_millis(10)); // a DynamoDB round trip
     let main = async {
         let mut lives = 0u32;
         let end;

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use futures::future::BoxFuture;
 
-use crate::control::claims::Record;
+use crate::ports::ClaimRecord as Record;
 use crate::ports::{
     ClaimStore, ConcurrencyMetrics, ConcurrencySample, EntryFailure, ExecutionPage, Executions,
     Message, OutgoingMessage, PortError, StartOutcome, StoredClaims, WorkQueue,

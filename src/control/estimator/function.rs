@@ -204,6 +204,23 @@ mod tests {
     }
 
     #[test]
+    fn every_function_throttled_at_once_is_the_account_scaling_not_their_limits() {
+        // The legacy burst model: the account far below its limit, every
+        // running function refused in the same minute.
+        let mut e = est(Some(20_000.0));
+        let r = e.on_sample(
+            &minute(
+                5,
+                Some(4_000.0),
+                &[("prep", 800.0, 900.0), ("map", 3000.0, 7000.0)],
+            ),
+            None,
+        );
+        assert!(r.limits_learned.is_empty(), "{:?}", r.limits_learned);
+        assert!(r.throttled.is_some(), "the pipeline's brake applies");
+    }
+
+    #[test]
     fn a_throttle_with_the_account_at_its_limit_teaches_no_function_limit() {
         let mut e = est(Some(10_000.0));
         let r = e.on_sample(&minute(5, Some(9_900.0), &[("map", 8000.0, 500.0)]), None);

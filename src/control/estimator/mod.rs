@@ -584,7 +584,21 @@ impl Estimator {
         seen: &Seen,
         prev: Option<&Seen>,
     ) -> Vec<(String, f64)> {
-        let at_limit = account_at_limit(s.account_max, self.cfg.account_limit);
+        // Every running function throttled at once is the account (at its
+        // limit, or scaling up: the legacy burst model), not a limit of
+        // each; one function alone cannot tell the two apart.
+        let running = seen
+            .functions
+            .values()
+            .filter(|(max, _)| *max > 0.0)
+            .count();
+        let throttled = seen
+            .functions
+            .values()
+            .filter(|(_, t)| t.is_some_and(|t| t > 0.0))
+            .count();
+        let all_throttled = running >= 2 && throttled >= running;
+        let at_limit = all_throttled || account_at_limit(s.account_max, self.cfg.account_limit);
         let mut learned = Vec::new();
         for (name, &(max, thr)) in &seen.functions {
             let was_throttled = prev
