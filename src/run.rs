@@ -89,6 +89,7 @@ pub async fn run(cfg: Config, source: ConfigSource, text: String) -> Result<RunO
     let clients = Clients::new(&cfg.aws).await;
     let telemetry = Telemetry::new(cfg.controller.ceiling);
     let backends = backends(&cfg, &clients, telemetry.clone());
+    log_coordination(&cfg);
     let depth_queues: Vec<(String, SqsQueue, SqsQueue)> = backends
         .sources
         .iter()
@@ -312,6 +313,21 @@ fn backends(cfg: &Config, clients: &Clients, sink: Telemetry) -> AwsBackends {
                 id: controller_id(),
             }
         }),
+    }
+}
+
+/// Whether this controller shares the ceiling through a claim table, and
+/// what it risks when it does not.
+fn log_coordination(cfg: &Config) {
+    if let Some(table) = &cfg.coordination.table {
+        info!(
+            table,
+            "sharing the ceiling with any other controller through the claim table"
+        );
+    } else {
+        warn!(
+            "no [coordination] table: this controller assumes it is alone until a reconcile lists another one's executions; two controllers started in the same second (a deploy, a service scaled out) can both fill the room"
+        );
     }
 }
 

@@ -78,6 +78,9 @@ where
         for s in samples {
             // A minute still open or not yet settled is read again later.
             if !st.estimator.settled(s.minute_start_s, now_s) {
+                if let Some(k) = st.estimator.peek(s, now_s) {
+                    debug!(minute = s.minute_start_s, k, "an unsettled minute raised k");
+                }
                 continue;
             }
             let r = st.estimator.on_sample(s, lifetime);

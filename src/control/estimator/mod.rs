@@ -378,6 +378,32 @@ impl Estimator {
         (minute_start + 60) as f64 + self.cfg.settle_s <= now_s
     }
 
+    /// A minute complete on our side but not yet settled: CloudWatch only
+    /// fills a minute in, so its ratio can only grow and may raise k̂ (and
+    /// a function's width) now; lowering waits until it settles, when
+    /// `on_sample` reads it whole. Returns k̂ if raised.
+    pub fn peek(&mut self, s: &ConcurrencySample, now_s: f64) -> Option<f64> {
+        if ((s.minute_start_s + 60) as f64) > now_s {
+            return None;
+        }
+        let running = self.minutes.get(&s.minute_start_s)?.max;
+        if running < MIN_RUNNING {
+            return None;
+        }
+        let seen = Seen::of(s);
+        let margin = 1.0 + self.cfg.margin_fraction + self.cfg.noise_z / running.sqrt();
+        for (name, &(max, _)) in &seen.functions {
+            self.function_entry(name)
+                .width
+                .raise_to(max / running * margin);
+        }
+        let ratio = seen.bound / running * margin;
+        (ratio > self.k.value()).then(|| {
+            self.k.raise_to(ratio);
+            ratio
+        })
+    }
+
     /// The functions' limits as read from the backend (None: no limit
     /// set). Returns whether any read limit changed.
     pub fn set_function_limits(&mut self, limits: &[(String, Option<u32>)]) -> bool {

@@ -360,3 +360,27 @@ fn a_stable_minute_keeps_the_widest_phase_seen_in_the_last_lifetime_before_it() 
     e.on_sample(&sample(12, 1.5 * 2000.0 / margin(2000.0)), Some(300.0));
     assert!((e.k() - 4.0).abs() < 1e-9, "{}", e.k());
 }
+
+#[test]
+fn an_unsettled_minute_may_raise_k_but_never_lower_it() {
+    // CloudWatch only fills a minute in: a first read that is already
+    // wide is acted on at once; one that reads narrow waits to settle.
+    let mut e = Estimator::new(params(), 8.0);
+    run(&mut e, 0, 1200, |_| 2000);
+    let k0 = e.k();
+    assert!(e.peek(&sample(10, 1.0 * 2000.0), 660.0).is_none());
+    assert!(
+        (e.k() - k0).abs() < 1e-12,
+        "a narrow unsettled minute lowered k̂"
+    );
+    let wide = 9.0 * 2000.0 / margin(2000.0);
+    assert!(
+        e.peek(&sample(11, wide), 700.0).is_none(),
+        "minute 11 is still open at 700 s"
+    );
+    let raised = e
+        .peek(&sample(11, wide), 720.0)
+        .expect("a wide complete minute raises");
+    assert!((raised - 9.0).abs() < 1e-9, "{raised}");
+    assert!((e.k() - 9.0).abs() < 1e-9, "{}", e.k());
+}
