@@ -249,11 +249,6 @@ impl Admission {
         self.ramp_rate_now
     }
 
-    /// Replace the ceiling, keeping everything else.
-    pub fn set_ceiling(&mut self, ceiling: u32) {
-        self.ceiling = f64::from(ceiling);
-    }
-
     /// A reloaded config: the ceiling, headroom, ramp and caps change from
     /// the next decision on; the ramp's progress, the growth pacing and a
     /// throttle slow-down (as a fraction of the rate) carry over. A lower
@@ -618,7 +613,10 @@ mod tests {
         for s in 0..=400 {
             a.decide(inputs(f64::from(s), 16_666, 6.0));
         }
-        a.set_ceiling(200_000);
+        a.reconfigure(&Params {
+            ceiling: 200_000,
+            ..c
+        });
         let d = a.decide(inputs(410.0, 16_666, 6.0));
         assert!(d.budget as f64 <= 10.0 * 100.0 / 6.0 + 1.0, "{d:?}");
     }

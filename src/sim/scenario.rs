@@ -468,6 +468,12 @@ pub enum Fault {
     },
 }
 
+/// The services an `api-errors` fault can target.
+const FAULT_SERVICES: [&str; 4] = ["sqs", "sfn", "cloudwatch", "lambda"];
+
+/// The APIs a `throttle-storm` fault can target.
+const STORM_APIS: [&str; 2] = ["start_execution", "list_executions"];
+
 /// Why a scenario could not be loaded: one variant per step.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -610,6 +616,22 @@ impl Scenario {
         }
         if self.cloudwatch.fill_secs.is_nan() || self.cloudwatch.fill_secs < 0.0 {
             p.push("cloudwatch.fill_secs must not be negative".into());
+        }
+        // A misspelt target would parse and never fire.
+        for (i, f) in self.faults.iter().enumerate() {
+            match f {
+                Fault::ApiErrors { service, .. } if !FAULT_SERVICES.contains(&service.as_str()) => {
+                    p.push(format!(
+                        "faults[{i}].service: \"{service}\" is not one of {FAULT_SERVICES:?}"
+                    ));
+                }
+                Fault::ThrottleStorm { api, .. } if !STORM_APIS.contains(&api.as_str()) => {
+                    p.push(format!(
+                        "faults[{i}].api: \"{api}\" is not one of {STORM_APIS:?}"
+                    ));
+                }
+                _ => {}
+            }
         }
         p
     }

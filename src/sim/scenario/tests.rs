@@ -164,3 +164,19 @@ fn partial_minutes_and_the_transition_bucket_are_checked() {
         assert!(err.contains(want), "{want}: {err}");
     }
 }
+
+#[test]
+fn a_misspelt_fault_target_is_refused_not_silently_ignored() {
+    let text = format!(
+        "{MINIMAL}[[faults]]\nkind = \"api-errors\"\nservice = \"stepfunctions\"\n\
+         start_secs = 0.0\nduration_secs = 10.0\nprobability = 0.5\n\
+         [[faults]]\nkind = \"throttle-storm\"\napi = \"StartExecution\"\n\
+         start_secs = 0.0\nduration_secs = 10.0\nprobability = 0.5\n"
+    );
+    let err = Scenario::parse(&text, "t").unwrap_err().to_string();
+    assert!(
+        err.contains("faults[0].service: \"stepfunctions\""),
+        "{err}"
+    );
+    assert!(err.contains("faults[1].api: \"StartExecution\""), "{err}");
+}
