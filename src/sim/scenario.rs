@@ -617,7 +617,12 @@ impl Scenario {
         if self.cloudwatch.fill_secs.is_nan() || self.cloudwatch.fill_secs < 0.0 {
             p.push("cloudwatch.fill_secs must not be negative".into());
         }
-        // A misspelt target would parse and never fire.
+        self.check_fault_targets(&mut p);
+        p
+    }
+
+    /// A misspelt fault target would parse and never fire.
+    fn check_fault_targets(&self, p: &mut Vec<String>) {
         for (i, f) in self.faults.iter().enumerate() {
             match f {
                 Fault::ApiErrors { service, .. } if !FAULT_SERVICES.contains(&service.as_str()) => {
@@ -633,7 +638,6 @@ impl Scenario {
                 _ => {}
             }
         }
-        p
     }
 
     /// Pipeline function names, in workflow order.
