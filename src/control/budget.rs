@@ -354,11 +354,14 @@ impl Admission {
         let predicted = committed as f64 * k;
         self.ramp_cap = (self.ramp_cap + ramp_rate * dt).min(predicted + ramp_initial);
         let ramp = (self.ramp_cap / k).floor();
-        // Growth beyond what has been running is spread over an execution
-        // lifetime, so a new cohort's phases mix instead of peaking
-        // together (its concurrency then stays near its steady share), and
-        // never outruns Lambda's scaling even if the whole cohort is at its
-        // widest at once.
+        // Growth is fast (Lambda's rate, at least a quarter of it) up to the
+        // count that fits the ceiling with every execution at its widest
+        // at once: no phase of a new cohort can break it. Above that count
+        // only a mixed population fits (k̂ was measured on one), so growth
+        // is spread over an execution lifetime and a new cohort's phases
+        // mix instead of peaking together. The fast floor above it would
+        // start a cohort of hundreds within a minute whenever k̂ fell (a
+        // long wide Map then ran 10 % over its ceiling for minutes).
         let lambda_rate = ramp_rate / self.k_max.max(k);
         let gap = target - committed as f64;
         self.gap_ref = if gap <= 0.0 {
@@ -366,13 +369,21 @@ impl Admission {
         } else {
             self.gap_ref.max(gap)
         };
-        let rate = match i.lifetime {
+        let (fast, spread) = match i.lifetime {
             Some(life) if life > 0.0 => {
-                lambda_rate.min((self.gap_ref / life).max(lambda_rate / 4.0))
+                let spread = lambda_rate.min(self.gap_ref / life);
+                (spread.max(lambda_rate / 4.0), spread)
             }
-            _ => lambda_rate,
+            _ => (lambda_rate, lambda_rate),
         };
-        self.allowed = (self.allowed.max(committed as f64) + rate * dt).min(target);
+        let widest = (ceiling / self.k_max.max(k)).floor();
+        let base = self.allowed.max(committed as f64);
+        let grown = if base + fast * dt <= widest {
+            base + fast * dt
+        } else {
+            base.max(widest.min(base + fast * dt)) + spread * dt
+        };
+        self.allowed = grown.min(target);
         let (cap, limit) = [
             (target, Limit::Ceiling),
             (ramp, Limit::Ramp),

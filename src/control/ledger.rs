@@ -30,10 +30,17 @@ pub struct Ledger {
     completions: u64,
     /// Recent observed lifetimes, for the estimator's stability window.
     durations: VecDeque<Secs>,
+    /// The same lifetimes' likeliest values, for the survival fit: one a
+    /// pass found ended somewhere since the pass before, taken mid-way.
+    ended_at: VecDeque<Secs>,
+    /// The same lifetimes in ascending order (quantiles).
+    sorted: Vec<Secs>,
+    /// Survival of lifetimes (Kaplan–Meier over the lifetimes kept and the
+    /// executions running at the last pass): the ages where it steps down,
+    /// each with its value just after.
+    survival: Vec<(Secs, f64)>,
     /// Start of the last reconcile pass.
     listed_at: Option<Secs>,
-    /// Completions found per second by reconciles (smoothed).
-    completion_rate: f64,
     /// Others' running executions at the last reconcile.
     foreign_names: HashSet<String>,
     /// Reconciles since one found a new execution that is not ours.
@@ -41,6 +48,16 @@ pub struct Ledger {
 }
 
 const DURATIONS_KEPT: usize = 1024;
+
+/// Completions anticipated between reconciles are the expected number less
+/// this many standard deviations: counting one that has not finished lets
+/// one too many start, so the estimate errs low (about 1 in 40 passes
+/// anticipates more than finished).
+const ANTICIPATION_Z: f64 = 2.0;
+
+/// Fixed-point unit for summing probabilities: integer sums do not depend
+/// on the hash map's iteration order, so a seed gives the same run.
+const PROBABILITY_UNIT: f64 = 1e9;
 
 impl Ledger {
     /// An empty ledger.
@@ -62,19 +79,70 @@ impl Ledger {
     pub fn completed(&mut self, name: &str, now: Secs) -> bool {
         match self.entries.remove(name) {
             Some(e) => {
-                self.record(now - e.started_at);
+                self.record(now - e.started_at, 0.0);
                 true
             }
             None => false,
         }
     }
 
-    fn record(&mut self, lifetime: Secs) {
+    /// A lifetime as detected, and how long before detection it may have
+    /// ended.
+    fn record(&mut self, lifetime: Secs, uncertain: Secs) {
         self.completions += 1;
-        if self.durations.len() == DURATIONS_KEPT {
-            self.durations.pop_front();
+        let lifetime = lifetime.max(0.0);
+        if self.durations.len() == DURATIONS_KEPT
+            && let Some(old) = self.durations.pop_front()
+        {
+            let i = self.sorted.partition_point(|&x| x < old);
+            self.sorted.remove(i);
+            self.ended_at.pop_front();
         }
-        self.durations.push_back(lifetime.max(0.0));
+        self.durations.push_back(lifetime);
+        self.ended_at
+            .push_back((lifetime - uncertain.clamp(0.0, lifetime) / 2.0).max(0.0));
+        let i = self.sorted.partition_point(|&x| x < lifetime);
+        self.sorted.insert(i, lifetime);
+    }
+
+    /// Fit the survival of lifetimes at a pass that began at `t`: the
+    /// lifetimes kept end at their age; our executions still running are
+    /// alive at theirs (censored). Lifetimes alone would be a biased
+    /// sample while a run is young (only the short ones have ended, and
+    /// every execution older than they would count as finished). A pass
+    /// finds the ends of several seconds at once; taken at detection they
+    /// would pile into one step that executions a little younger cross
+    /// within a moment (twice the completions were anticipated so).
+    fn refit(&mut self, t: Secs) {
+        let mut events: Vec<(Secs, bool)> = self.ended_at.iter().map(|&d| (d, true)).collect();
+        events.extend(self.entries.values().filter_map(|e| {
+            let age = t - e.started_at;
+            (age >= 0.0).then_some((age, false))
+        }));
+        // Ends before censorings at the same age (the usual convention).
+        events.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
+        self.survival.clear();
+        let (mut at_risk, mut s, mut i) = (events.len(), 1.0, 0);
+        while i < events.len() {
+            let age = events[i].0;
+            let (mut ended, mut leaving) = (0, 0);
+            while i < events.len() && events[i].0.total_cmp(&age).is_eq() {
+                ended += usize::from(events[i].1);
+                leaving += 1;
+                i += 1;
+            }
+            if ended > 0 {
+                s *= 1.0 - ended as f64 / at_risk as f64;
+                self.survival.push((age, s));
+            }
+            at_risk -= leaving;
+        }
+    }
+
+    /// Probability a lifetime exceeds `age`.
+    fn survives(&self, age: Secs) -> f64 {
+        let i = self.survival.partition_point(|&(a, _)| a <= age);
+        if i == 0 { 1.0 } else { self.survival[i - 1].1 }
     }
 
     /// Apply a full ListExecutions(RUNNING) pass that began at `listed_at`.
@@ -96,16 +164,12 @@ impl Ledger {
         // Hash order differs from run to run; the lifetimes kept (the last
         // DURATIONS_KEPT) and their sum must not.
         done.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        let since = self.listed_at.unwrap_or(f64::NEG_INFINITY);
         for (name, started_at) in &done {
             self.entries.remove(name);
-            self.record(listed_at - started_at);
+            self.record(listed_at - started_at, listed_at - since.max(*started_at));
         }
-        if let Some(prev) = self.listed_at
-            && listed_at > prev
-        {
-            let sample = done.len() as f64 / (listed_at - prev);
-            self.completion_rate = 0.7 * self.completion_rate + 0.3 * sample;
-        }
+        self.refit(listed_at);
         let first = self.listed_at.is_none();
         self.listed_at = Some(listed_at);
         let foreign: HashSet<String> = running
@@ -142,27 +206,39 @@ impl Ledger {
     }
 
     /// Executions believed running at `now`, less the completions expected
-    /// since the last reconcile at the rate reconciles have been finding
-    /// them. Without it the count saw-tooths: finished executions pile up
-    /// between passes and the pipeline sags before each refill. Only
-    /// executions older than the shortest lifetimes seen can be expected
-    /// to have finished, and nothing is anticipated before `min_completions`
-    /// completions have been observed.
+    /// since the last reconcile. Without it the count saw-tooths: finished
+    /// executions pile up between passes and the pipeline sags before each
+    /// refill. Each of ours, alive at `seen` seconds old when the pass
+    /// began and `age` now, has finished since with probability
+    /// (S(seen) − S(age)) / S(seen), S the survival of lifetimes: a cohort
+    /// started together finishes in a wave and is anticipated as one,
+    /// where a rate carried over from the last wave would count a trough
+    /// as full of completions (a single-task workflow ran 4 % over its
+    /// ceiling that way). Nothing is anticipated before `min_completions`
+    /// completions, nor past the longest lifetime seen.
     pub fn in_flight_at(&self, now: Secs, min_completions: u64) -> usize {
         let (Some(t), true) = (self.listed_at, self.completions >= min_completions) else {
             return self.in_flight();
         };
-        let expected = (self.completion_rate * (now - t).max(0.0)).floor() as usize;
-        if expected == 0 {
+        if now <= t || self.survival.is_empty() {
             return self.in_flight();
         }
-        let shortest = self.lifetime_quantile(0.05).unwrap_or(f64::INFINITY);
-        let old = self
-            .entries
-            .values()
-            .filter(|e| now - e.started_at >= shortest)
-            .count();
-        self.in_flight() - expected.min(old)
+        let (mut mean, mut var) = (0_u64, 0_u64);
+        for e in self.entries.values() {
+            let alive = self.survives((t - e.started_at).max(0.0));
+            if alive <= 0.0 {
+                continue;
+            }
+            let p = ((alive - self.survives(now - e.started_at)) / alive).clamp(0.0, 1.0);
+            mean += (p * PROBABILITY_UNIT).round() as u64;
+            var += (p * (1.0 - p) * PROBABILITY_UNIT).round() as u64;
+        }
+        let (mean, var) = (
+            mean as f64 / PROBABILITY_UNIT,
+            var as f64 / PROBABILITY_UNIT,
+        );
+        let expected = (mean - ANTICIPATION_Z * var.sqrt()).floor().max(0.0) as usize;
+        self.in_flight() - expected.min(self.entries.len())
     }
 
     /// Our executions believed running.
@@ -186,10 +262,8 @@ impl Ledger {
         if self.durations.is_empty() {
             return None;
         }
-        let mut v: Vec<Secs> = self.durations.iter().copied().collect();
-        v.sort_by(f64::total_cmp);
-        let i = ((v.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
-        Some(v[i])
+        let i = ((self.sorted.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+        Some(self.sorted[i])
     }
 
     /// Mean of recently observed lifetimes.
@@ -251,30 +325,56 @@ mod tests {
         assert_eq!(l.in_flight(), 1);
     }
 
-    #[test]
-    fn completions_between_reconciles_are_anticipated() {
+    /// Lifetimes seen: 200, evenly from 10 to 30 s.
+    fn with_lifetimes_10_to_30() -> Ledger {
         let mut l = Ledger::new();
-        for i in 0..1000 {
-            l.started(&format!("e{i}"), 0.0);
+        for i in 0..200 {
+            l.started(&format!("d{i}"), 0.0);
+            l.completed(&format!("d{i}"), 10.0 + f64::from(i) * 0.1);
         }
-        let running = |from: usize| {
-            (from..1000)
-                .map(|i| format!("e{i}"))
-                .collect::<HashSet<_>>()
-        };
-        l.reconcile(&running(0), 100.0, 30.0);
-        assert_eq!(l.in_flight_at(105.0, 0), 1000, "no rate known yet");
-        // 50 finished in 5 s: 10 per second.
-        l.reconcile(&running(50), 105.0, 30.0);
-        let rate = 0.3 * 10.0;
-        assert_eq!(l.in_flight_at(105.0, 0), 950);
-        assert_eq!(l.in_flight_at(107.0, 0), 950 - (2.0 * rate) as usize);
-        assert_eq!(l.in_flight_at(107.0, 51), 950, "too few completions seen");
-        // Young executions are not expected to finish.
-        l.started("young", 106.0);
-        assert_eq!(l.in_flight_at(107.0, 0), 951 - (2.0 * rate) as usize);
-        // Never below what the ledger can account for.
-        assert!(l.in_flight_at(10_000.0, 0) <= 951);
+        l
+    }
+
+    #[test]
+    fn a_cohort_is_anticipated_by_its_lifetimes() {
+        let mut l = with_lifetimes_10_to_30();
+        // 1,000 started together at t=100, all listed running at 105.
+        let names: HashSet<String> = (0..1000).map(|i| format!("e{i}")).collect();
+        for n in &names {
+            l.started(n, 100.0);
+        }
+        l.reconcile(&names, 105.0, 1.0);
+        assert_eq!(l.in_flight_at(105.0, 0), 1000);
+        assert_eq!(l.in_flight_at(109.0, 0), 1000, "none lives under 10 s");
+        assert_eq!(l.in_flight_at(107.0, 201), 1000, "too few completions seen");
+        // At 20 s old about half have finished: anticipated, a little less.
+        let at_20 = l.in_flight_at(120.0, 0);
+        assert!((500..=540).contains(&at_20), "{at_20}");
+        // Past every lifetime seen, all of them.
+        assert!(l.in_flight_at(131.0, 0) <= 5);
+    }
+
+    #[test]
+    fn a_pass_full_of_completions_is_not_carried_into_a_trough() {
+        let mut l = with_lifetimes_10_to_30();
+        // A wave of 500 started at 0 finishes in one 2 s pass (a high
+        // completion rate); the 1,000 running are 12 s old at the next.
+        let wave: HashSet<String> = (0..500).map(|i| format!("w{i}")).collect();
+        for n in &wave {
+            l.started(n, 0.0);
+        }
+        let young: HashSet<String> = (0..1000).map(|i| format!("y{i}")).collect();
+        for n in &young {
+            l.started(n, 18.0);
+        }
+        let both: HashSet<String> = wave.union(&young).cloned().collect();
+        l.reconcile(&both, 28.0, 1.0);
+        l.reconcile(&young, 30.0, 1.0);
+        // The wave's lifetimes (30 s as detected) join the 200: of the 680
+        // lifetimes past 12 s, 30 end by 15 s, so about 44 of the 1,000
+        // have finished; the wave's rate (250 a second) would say 750.
+        let now = l.in_flight_at(33.0, 0);
+        assert!((956..=980).contains(&now), "{now}");
     }
 
     #[test]

@@ -574,7 +574,7 @@ impl Estimator {
         // A throttled minute was capped by Lambda: it may raise, never lower.
         let stable =
             !seen.throttled && lifetime_s.is_some_and(|w| self.stable_through(r.minute, w));
-        let keep_s = lifetime_s.unwrap_or(0.0);
+        let keep_s = lifetime_s;
         let measured = seen.bound / running;
         r.measured = Some(measured);
         self.measured = Some(measured);

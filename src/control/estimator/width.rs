@@ -19,6 +19,10 @@ use super::SampleUse;
 /// Stable minutes always kept, however short the lifetime.
 pub(super) const STABLE_KEPT: usize = 3;
 
+/// Minutes of every kind kept at most (a day): the bound on memory while
+/// no lifetime is known.
+const RECENT_KEPT: usize = 1440;
+
 /// A width and the ratios it is learned from.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Width {
@@ -69,20 +73,27 @@ impl Width {
 
     /// Feed the ratio (margin included) of `minute`. `stable`: the running
     /// count was stable for a lifetime before it; `keep_s`: how far back
-    /// stable minutes still count (a lifetime); `floor`: the lowest width
-    /// allowed.
+    /// minutes still count (a lifetime; None while no lifetime is known:
+    /// every minute since the start, as the first cohort may take longer
+    /// than the run has lasted to come back to its widest phase);
+    /// `floor`: the lowest width allowed.
     pub(super) fn feed(
         &mut self,
         minute: u64,
         ratio: f64,
         stable: bool,
-        keep_s: f64,
+        keep_s: Option<f64>,
         floor: f64,
     ) -> SampleUse {
         let seen = self.recent.entry(minute).or_insert(ratio);
         *seen = seen.max(ratio);
-        let oldest = minute as f64 - keep_s.max(0.0);
-        self.recent.retain(|&m, _| m as f64 >= oldest);
+        if let Some(keep_s) = keep_s {
+            let oldest = minute as f64 - keep_s.max(0.0);
+            self.recent.retain(|&m, _| m as f64 >= oldest);
+        }
+        while self.recent.len() > RECENT_KEPT {
+            self.recent.pop_first();
+        }
         if ratio > self.value {
             // Acted on at once; not kept as stable: a noise peak held for a
             // whole lifetime would cost more than it protects.
@@ -94,7 +105,7 @@ impl Width {
         }
         let slot = self.window.entry(minute).or_insert(ratio);
         *slot = slot.max(ratio);
-        self.prune(minute, keep_s);
+        self.prune(minute, keep_s.unwrap_or(0.0));
         // The widest phase of the last lifetime bounds the population.
         let phases = self.recent.values().copied().fold(0.0, f64::max);
         self.value = self
