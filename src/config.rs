@@ -171,7 +171,8 @@ pub struct EstimatorConfig {
     /// A minute counts for learning only if the running count stayed
     /// within this fraction of its mean for an execution's lifetime.
     pub stability_fraction: f64,
-    /// Completed executions needed before their mean duration is trusted.
+    /// Completed executions needed before their lifetimes are trusted (a
+    /// pipeline running fewer needs as many as it runs, at least 20).
     pub min_completions: u64,
     /// Lower bound of the estimate (the widest workflow step is 1 Lambda).
     pub min_lambdas_per_execution: f64,

@@ -157,6 +157,9 @@ pub struct Admission {
     lifetime: Option<Secs>,
     /// Running executions the tightest function limit allows.
     function_cap: Option<f64>,
+    /// Running executions every function limit allows with each execution
+    /// at its widest there.
+    function_widest: Option<f64>,
 }
 
 impl Admission {
@@ -181,6 +184,7 @@ impl Admission {
             cut_from: f64::NEG_INFINITY,
             lifetime: None,
             function_cap: None,
+            function_widest: None,
         }
     }
 
@@ -239,9 +243,12 @@ impl Admission {
     }
 
     /// Running executions the tightest function limit allows (None: no
-    /// function limit known). Admission keeps the target under it.
-    pub fn set_function_cap(&mut self, running: Option<f64>) {
+    /// function limit known), and those every limit allows with each
+    /// execution at its widest. Admission keeps the target under the
+    /// first, and spreads growth above the second over a lifetime.
+    pub fn set_function_cap(&mut self, running: Option<f64>, widest: Option<f64>) {
         self.function_cap = running.map(|r| r.max(0.0));
+        self.function_widest = widest.map(|r| r.max(0.0));
     }
 
     /// The ramp rate in force (concurrency per second).
@@ -376,7 +383,9 @@ impl Admission {
             }
             _ => (lambda_rate, lambda_rate),
         };
-        let widest = (ceiling / self.k_max.max(k)).floor();
+        let widest = (ceiling / self.k_max.max(k))
+            .min(self.function_widest.unwrap_or(f64::INFINITY))
+            .floor();
         let base = self.allowed.max(committed as f64);
         let grown = if base + fast * dt <= widest {
             base + fast * dt
@@ -607,7 +616,7 @@ mod tests {
             k in 1.0f64..10.0,
         ) {
             let mut a = Admission::new(Policy::Adaptive, &cfg(ceiling));
-            a.set_function_cap(Some(cap));
+            a.set_function_cap(Some(cap), None);
             let d = a.decide(inputs(0.0, 0, k));
             proptest::prop_assert!(d.target as f64 <= cap);
             proptest::prop_assert!(d.target as f64 * k <= f64::from(ceiling));

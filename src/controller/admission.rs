@@ -46,7 +46,7 @@ where
             in_hand: st.in_hand,
             k: st.estimator.k(),
             other_load: st.estimator.other_load(),
-            lifetime: (st.ledger.completions() >= min_completions)
+            lifetime: (st.ledger.lifetimes_known(min_completions))
                 .then(|| st.ledger.mean_lifetime())
                 .flatten(),
             ours: running.saturating_sub(st.ledger.foreign()),

@@ -72,7 +72,7 @@ where
     fn use_samples(&self, samples: &[ConcurrencySample], cfg: &Config) {
         let now_s = self.b.metrics.now_s();
         let mut st = self.state();
-        let lifetime = (st.ledger.completions() >= cfg.estimator.min_completions)
+        let lifetime = (st.ledger.lifetimes_known(cfg.estimator.min_completions))
             .then(|| st.ledger.lifetime_quantile(0.9))
             .flatten();
         for s in samples {
@@ -167,7 +167,8 @@ where
     fn bound_functions(st: &mut State, cfg: &Config) {
         let c = &cfg.controller;
         let bound = st.estimator.function_bound(c.headroom_fraction);
-        st.admission.set_function_cap(bound.map(|b| b.running));
+        st.admission
+            .set_function_cap(bound.as_ref().map(|b| b.running), bound.map(|b| b.widest));
         let k = st.estimator.k();
         for (function, width, limit) in st.estimator.function_widths() {
             let Some(limit) = limit else { continue };

@@ -22,6 +22,8 @@ const ACCOUNT_AT_LIMIT: f64 = 0.03;
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Function {
     pub(super) width: Width,
+    /// The widest it can be (the definition's bound, else k_max).
+    pub(super) prior: f64,
     /// Read from the backend (reserved concurrency).
     pub(super) known: Option<f64>,
     /// Learned from the function's throttles, where none is read.
@@ -32,6 +34,7 @@ impl Function {
     pub(super) fn new(prior: f64) -> Function {
         Function {
             width: Width::new(prior),
+            prior,
             known: None,
             learned: None,
         }
@@ -98,6 +101,10 @@ pub struct FunctionBound {
     /// Running executions its limit allows: limit × (1 − headroom) / width,
     /// at least one.
     pub running: f64,
+    /// Running executions every limited function allows with each
+    /// execution at its widest there (its prior, or a wider ŵ_f): the
+    /// count a new cohort may reach at once.
+    pub widest: f64,
 }
 
 /// The tightest bound among `functions`, with the widths capped at `k`
@@ -107,6 +114,17 @@ pub(super) fn tightest(
     k: f64,
     headroom: f64,
 ) -> Option<FunctionBound> {
+    // One execution at a time always: a limit below one execution's width
+    // throttles it, and Step Functions' retries carry it through; a cap of
+    // 0 would start nothing.
+    let allows = |limit: f64, width: f64| (limit * (1.0 - headroom) / width).max(limit.min(1.0));
+    let widest = functions
+        .values()
+        .filter_map(|f| {
+            let width = f.width.value().max(f.prior).max(1e-6);
+            Some(allows(f.limit()?, width))
+        })
+        .fold(f64::INFINITY, f64::min);
     functions
         .iter()
         .filter_map(|(name, f)| {
@@ -117,10 +135,8 @@ pub(super) fn tightest(
                 limit,
                 read: f.known.is_some(),
                 width,
-                // One execution at a time always: a limit below one
-                // execution's width throttles it, and Step Functions'
-                // retries carry it through; a cap of 0 would start nothing.
-                running: (limit * (1.0 - headroom) / width).max(limit.min(1.0)),
+                running: allows(limit, width),
+                widest,
             })
         })
         .min_by(|a, b| a.running.total_cmp(&b.running))
