@@ -650,4 +650,38 @@ mod tests {
         assert_eq!(a.effective_ceiling(Some(2500.0)), 17_500.0);
         assert_eq!(a.effective_ceiling(None), 19_000.0);
     }
+
+    /// Admission that has held `running` executions for a while, with a
+    /// known lifetime of 600 s, k̂ = 2.5 and a prior of 10, whose target
+    /// then rises far above what runs.
+    fn grown_for_60_s(function_widest: Option<f64>) -> usize {
+        let mut c = cfg(1000);
+        c.max_lambdas_per_execution = 10.0;
+        c.ramp_concurrency_per_s = 1000.0;
+        c.ramp_initial = 10.0;
+        let mut a = Admission::new(Policy::Adaptive, &c);
+        a.set_function_cap(None, function_widest);
+        let at = |now: f64, running: usize| Inputs {
+            lifetime: Some(600.0),
+            ..inputs(now, running, 2.5)
+        };
+        let mut running = 0;
+        for s in 0..=60 {
+            running += a.decide(at(f64::from(s), running)).budget;
+        }
+        running
+    }
+
+    #[test]
+    fn growth_above_the_widest_count_is_spread_over_a_lifetime() {
+        // Target 1000 / 2.5 = 400; with every execution at its widest (10)
+        // only 100 fit. Up to 100 growth is fast; above, the gap of 400 is
+        // spread over the 600 s lifetime: 0.67 a second, 40 in a minute
+        // (a quarter of Lambda's rate would have been 25 a second).
+        let n = grown_for_60_s(None);
+        assert!((100..=145).contains(&n), "{n}");
+        // A function limit that fits 30 at the widest lowers the fast part.
+        let n = grown_for_60_s(Some(30.0));
+        assert!((30..=75).contains(&n), "{n}");
+    }
 }

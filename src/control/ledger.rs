@@ -2,6 +2,7 @@
 //! running executions it did not start (another controller, a previous
 //! life of this one) as last seen by a reconcile.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
 
 /// Seconds since the controller started.
@@ -46,6 +47,8 @@ pub struct Ledger {
     foreign_names: HashSet<String>,
     /// Reconciles since one found a new execution that is not ours.
     since_foreign_start: Option<u32>,
+    /// Lifetimes have been trusted once (see `lifetimes_known`).
+    lifetimes_known: Cell<bool>,
 }
 
 const DURATIONS_KEPT: usize = 1024;
@@ -250,9 +253,16 @@ impl Ledger {
     /// so about a lifetime has been seen), and at least
     /// `MIN_LIFETIMES_SEEN`. A pipeline of 24 executions living 15 minutes
     /// took two hours to reach 200, and learned nothing until then.
+    /// Once known, they stay known: a pipeline that grows past its
+    /// completions would otherwise forget them and ramp as if cold.
     pub fn lifetimes_known(&self, min_completions: u64) -> bool {
+        if self.lifetimes_known.get() {
+            return true;
+        }
         let generation = (self.in_flight() as u64).max(MIN_LIFETIMES_SEEN);
-        self.completions >= min_completions.min(generation)
+        let known = self.completions >= min_completions.min(generation);
+        self.lifetimes_known.set(known);
+        known
     }
 
     /// Our executions believed running.
@@ -407,6 +417,26 @@ mod tests {
         // have finished; the wave's rate (250 a second) would say 750.
         let now = l.in_flight_at(33.0, 0);
         assert!((956..=980).contains(&now), "{now}");
+    }
+
+    #[test]
+    fn a_small_pipeline_knows_its_lifetimes_after_a_generation_and_keeps_them() {
+        let mut l = Ledger::new();
+        for i in 0..30 {
+            l.started(&format!("d{i}"), 0.0);
+        }
+        for i in 0..19 {
+            l.completed(&format!("d{i}"), 10.0);
+        }
+        assert!(!l.lifetimes_known(200), "19 completions: fewer than 20");
+        l.completed("d19", 10.0);
+        assert!(l.lifetimes_known(200), "20 completions, 10 running: known");
+        // It grows past its completions: still known (a pipeline that
+        // forgot would ramp as if cold).
+        for i in 0..100 {
+            l.started(&format!("n{i}"), 11.0);
+        }
+        assert!(l.lifetimes_known(200));
     }
 
     #[test]

@@ -131,3 +131,30 @@ impl Width {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_minute_is_kept_until_a_lifetime_is_known() {
+        let mut w = Width::new(10.0);
+        // A cohort's widest phase, then a long narrow spell, all before a
+        // lifetime is known (a small pipeline of long executions).
+        w.feed(0, 7.0, false, None, 1.0);
+        for m in 1..=10 {
+            w.feed(m * 60, 3.0, false, None, 1.0);
+        }
+        // The first stable minute, with a lifetime of 900 s: the widest
+        // phase within it still bounds the width.
+        assert_eq!(
+            w.feed(660, 3.0, true, Some(900.0), 1.0),
+            SampleUse::Learned(7.0)
+        );
+        // A lifetime later it is forgotten.
+        assert_eq!(
+            w.feed(960, 3.0, true, Some(900.0), 1.0),
+            SampleUse::Learned(3.0)
+        );
+    }
+}
