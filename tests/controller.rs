@@ -180,6 +180,21 @@ fn the_learned_width_is_kept_with_the_state_machine_for_the_next_start() {
         .remembered_lambdas_per_execution
         .expect("a stable minute was learned and kept");
     assert!((1.0..3.0).contains(&k), "{k}");
+
+    // `estimator.remember = false`: the same run leaves nothing.
+    let mut cfg = config(300);
+    cfg.estimator.remember = false;
+    let r = fanout::sim::run(SimOptions {
+        scenario: scenario(
+            "[workload]\nbulk = 6000\n[[faults]]\nkind = \"crash\"\nat_secs = 1200.0\nrestart_after_secs = 30.0\n",
+        ),
+        config: cfg,
+        policy: Policy::Adaptive,
+        seed: 4,
+        progress: false,
+    })
+    .unwrap();
+    assert_eq!(r.remembered_lambdas_per_execution, None, "{r:?}");
 }
 
 /// Config hot reload on a running controller: a lower ceiling brings the

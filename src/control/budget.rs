@@ -473,9 +473,11 @@ mod tests {
         let d = a.decide(inputs(0.0, 0, 3.0));
         assert_eq!(d.budget, 333);
         assert_eq!(d.limit, Limit::Ramp);
-        // Ten seconds later with 333 running: +1000 concurrency allowed.
+        // Ten seconds later with 333 running: +1000 concurrency allowed,
+        // no more and (the ramp binding) no less.
         let d = a.decide(inputs(10.0, 333, 3.0));
-        assert!(d.budget <= 333 + 1, "{d:?}");
+        assert!((332..=334).contains(&d.budget), "{d:?}");
+        assert_eq!(d.limit, Limit::Ramp);
     }
 
     #[test]
@@ -507,6 +509,10 @@ mod tests {
         let most = 10.0 * (gap / 80.0f64).max(100.0 / 3.0);
         assert!((d.budget as f64) <= most + 1.0, "{d:?}");
         assert_eq!(d.limit, Limit::Growth);
+        // Above what fits at the widest (19,000 / 3), it grows at Lambda's
+        // rate for the widest execution (100 / 3 a second), below the
+        // gap's pace over a lifetime: the whole 10 s of it.
+        assert!(d.budget as f64 >= 10.0 * 100.0 / 3.0 - 1.0, "{d:?}");
     }
 
     #[test]
@@ -639,6 +645,7 @@ mod tests {
         });
         let d = a.decide(inputs(410.0, 16_666, 6.0));
         assert!(d.budget as f64 <= 10.0 * 100.0 / 6.0 + 1.0, "{d:?}");
+        assert!(d.budget as f64 >= 10.0 * 100.0 / 6.0 - 1.0, "{d:?}");
     }
 
     #[test]
