@@ -391,7 +391,7 @@ impl Estimator {
             return None;
         }
         let seen = Seen::of(s);
-        let margin = 1.0 + self.cfg.margin_fraction + self.cfg.noise_z / running.sqrt();
+        let margin = self.margin(running);
         for (name, &(max, _)) in &seen.functions {
             self.function_entry(name)
                 .width
@@ -538,6 +538,13 @@ impl Estimator {
         r
     }
 
+    /// The factor a measured ratio is raised by at `running` executions:
+    /// the configured margin, and the minute-to-minute wander of a sum
+    /// over N executions (about 1/√N of itself).
+    fn margin(&self, running: f64) -> f64 {
+        1.0 + self.cfg.margin_fraction + self.cfg.noise_z / running.sqrt()
+    }
+
     /// A pipeline too small to learn from (under `MIN_RUNNING`): a function
     /// that ran far under its limit without a throttle eases its width
     /// toward the minute's ratio, `FUNCTION_EASE` a minute. Its own bound
@@ -549,7 +556,7 @@ impl Estimator {
         if running < 1.0 {
             return;
         }
-        let margin = 1.0 + self.cfg.margin_fraction + self.cfg.noise_z / running.sqrt();
+        let margin = self.margin(running);
         for (name, &(max, thr)) in &seen.functions {
             let f = self.function_entry(name);
             let Some(limit) = f.limit() else {
@@ -564,9 +571,7 @@ impl Estimator {
 
     /// k̂ and each function's width from a usable minute.
     fn feed_widths(&mut self, r: &mut Reading, seen: &Seen, running: f64, lifetime_s: Option<f64>) {
-        // A sum over N executions wanders by about 1/√N of itself from
-        // minute to minute: a small pipeline needs a wider margin.
-        let margin = 1.0 + self.cfg.margin_fraction + self.cfg.noise_z / running.sqrt();
+        let margin = self.margin(running);
         let floor = self.cfg.min_lambdas_per_execution;
         if let Some(p) = self.prior.take() {
             self.k.lower_to(p.clamp(floor, self.k_max));
