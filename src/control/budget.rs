@@ -390,7 +390,7 @@ impl Admission {
         let grown = if base + fast * dt <= widest {
             base + fast * dt
         } else {
-            base.max(widest.min(base + fast * dt)) + spread * dt
+            base.max(widest) + spread * dt
         };
         self.allowed = grown.min(target);
         let (cap, limit) = [

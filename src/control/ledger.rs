@@ -34,8 +34,6 @@ pub struct Ledger {
     /// The same lifetimes' likeliest values, for the survival fit: one a
     /// pass found ended somewhere since the pass before, taken mid-way.
     ended_at: VecDeque<Secs>,
-    /// The same lifetimes in ascending order (quantiles).
-    sorted: Vec<Secs>,
     /// Survival of the lifetimes kept, as of the last pass: the ages where
     /// it steps down, each with its value just after.
     survival: Vec<(Secs, f64)>,
@@ -99,24 +97,19 @@ impl Ledger {
     fn record(&mut self, lifetime: Secs, uncertain: Secs) {
         self.completions += 1;
         let lifetime = lifetime.max(0.0);
-        if self.durations.len() == DURATIONS_KEPT
-            && let Some(old) = self.durations.pop_front()
-        {
-            let i = self.sorted.partition_point(|&x| x < old);
-            self.sorted.remove(i);
+        if self.durations.len() == DURATIONS_KEPT {
+            self.durations.pop_front();
             self.ended_at.pop_front();
         }
         self.durations.push_back(lifetime);
         self.ended_at
             .push_back((lifetime - uncertain.clamp(0.0, lifetime) / 2.0).max(0.0));
-        let i = self.sorted.partition_point(|&x| x < lifetime);
-        self.sorted.insert(i, lifetime);
     }
 
-    /// Fit the survival of lifetimes from the lifetimes kept. A pass finds the ends of several seconds at once;
-    /// taken at detection they would pile into one step that executions a
-    /// little younger cross within a moment (twice the completions were
-    /// anticipated so). The running executions are not counted as
+    /// Fit the survival of lifetimes from the lifetimes kept. A pass finds
+    /// the ends of several seconds at once; taken at detection they would
+    /// pile into one step that executions a little younger cross within a
+    /// moment (twice the completions were anticipated so). The running executions are not counted as
     /// survivors (Kaplan–Meier): once the oldest lifetimes are dropped they
     /// are not the same population as the ones kept, and held the hazard
     /// at half (ceiling-50k ran at utilization 0.51 so).
@@ -215,8 +208,9 @@ impl Ledger {
     /// started together finishes in a wave and is anticipated as one,
     /// where a rate carried over from the last wave would count a trough
     /// as full of completions (a single-task workflow ran 4 % over its
-    /// ceiling that way). Nothing is anticipated before `min_completions`
-    /// completions, nor past the longest lifetime seen.
+    /// ceiling that way). Nothing is anticipated before lifetimes are
+    /// known (`lifetimes_known`), nor past the longest lifetime seen, nor
+    /// more than the rate passes have been finding completions at.
     pub fn in_flight_at(&self, now: Secs, min_completions: u64) -> usize {
         let (Some(t), true) = (self.listed_at, self.lifetimes_known(min_completions)) else {
             return self.in_flight();
@@ -286,8 +280,10 @@ impl Ledger {
         if self.durations.is_empty() {
             return None;
         }
-        let i = ((self.sorted.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
-        Some(self.sorted[i])
+        let mut v: Vec<Secs> = self.durations.iter().copied().collect();
+        v.sort_by(f64::total_cmp);
+        let i = ((v.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+        Some(v[i])
     }
 
     /// Mean of recently observed lifetimes.
@@ -349,6 +345,15 @@ mod tests {
         assert_eq!(l.in_flight(), 1);
     }
 
+    /// Start `n` executions named `prefix0..` at `at`; their names.
+    fn start_together(l: &mut Ledger, prefix: &str, n: usize, at: Secs) -> HashSet<String> {
+        let names: HashSet<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+        for name in &names {
+            l.started(name, at);
+        }
+        names
+    }
+
     /// Lifetimes seen: 200, evenly from 10 to 30 s.
     fn with_lifetimes_10_to_30() -> Ledger {
         let mut l = Ledger::new();
@@ -363,10 +368,7 @@ mod tests {
     fn a_cohort_is_anticipated_by_its_lifetimes_and_the_passes_rate() {
         let mut l = with_lifetimes_10_to_30();
         // 1,000 started together at t=100, all listed running at 105.
-        let names: HashSet<String> = (0..1000).map(|i| format!("e{i}")).collect();
-        for n in &names {
-            l.started(n, 100.0);
-        }
+        let names = start_together(&mut l, "e", 1000, 100.0);
         l.reconcile(&names, 105.0, 1.0);
         // No pass has found a completion: the lifetimes alone would count
         // about half as finished at 20 s old, early in a run only the
@@ -401,14 +403,8 @@ mod tests {
         let mut l = with_lifetimes_10_to_30();
         // A wave of 500 started at 0 finishes in one 2 s pass (a high
         // completion rate); the 1,000 running are 12 s old at the next.
-        let wave: HashSet<String> = (0..500).map(|i| format!("w{i}")).collect();
-        for n in &wave {
-            l.started(n, 0.0);
-        }
-        let young: HashSet<String> = (0..1000).map(|i| format!("y{i}")).collect();
-        for n in &young {
-            l.started(n, 18.0);
-        }
+        let wave = start_together(&mut l, "w", 500, 0.0);
+        let young = start_together(&mut l, "y", 1000, 18.0);
         let both: HashSet<String> = wave.union(&young).cloned().collect();
         l.reconcile(&both, 28.0, 1.0);
         l.reconcile(&young, 30.0, 1.0);
