@@ -33,9 +33,16 @@ where
     fn decide_with_target(&self) -> Decision {
         let now = self.now();
         let backend_now = self.b.metrics.now_s();
-        let min_completions = self.cfg().estimator.min_completions;
+        let cfg = self.cfg();
+        let min_completions = cfg.estimator.min_completions;
         let mut st = self.state();
         let running = st.ledger.in_flight_at(now, min_completions);
+        let room = st.estimator.function_allowance(
+            backend_now,
+            cfg.controller.headroom_fraction,
+            running as f64,
+        );
+        st.admission.set_function_room(room);
         if backend_now - st.last_observed_s >= 1.0 {
             st.last_observed_s = backend_now;
             st.estimator.observe_running(backend_now, running);

@@ -72,9 +72,10 @@ where
     fn use_samples(&self, samples: &[ConcurrencySample], cfg: &Config) {
         let now_s = self.b.metrics.now_s();
         let mut st = self.state();
-        let lifetime = (st.ledger.lifetimes_known(cfg.estimator.min_completions))
-            .then(|| st.ledger.lifetime_quantile(0.9))
-            .flatten();
+        let known = st.ledger.lifetimes_known(cfg.estimator.min_completions);
+        let lifetime = known.then(|| st.ledger.lifetime_quantile(0.9)).flatten();
+        let horizon = known.then(|| st.ledger.lifetime_quantile(0.99)).flatten();
+        st.estimator.set_horizon(horizon, now_s);
         for s in samples {
             // A minute still open or not yet settled is read again later.
             if !st.estimator.settled(s.minute_start_s, now_s) {
@@ -132,6 +133,7 @@ where
             max = s.pipeline_max,
             used = ?r.width,
             reread = r.reread,
+            functions = ?s.functions.iter().map(|f| (f.name.as_str(), f.max, f.throttles)).collect::<Vec<_>>(),
             k = st.estimator.k(),
             "concurrency sample"
         );
@@ -167,6 +169,16 @@ where
     fn bound_functions(st: &mut State, cfg: &Config) {
         let c = &cfg.controller;
         let bound = st.estimator.function_bound(c.headroom_fraction);
+        if let Some(b) = &bound {
+            debug!(
+                function = b.name,
+                limit = b.limit,
+                width = b.width,
+                running = b.running,
+                widest = b.widest,
+                "function bound"
+            );
+        }
         st.admission
             .set_function_cap(bound.as_ref().map(|b| b.running), bound.map(|b| b.widest));
         let k = st.estimator.k();

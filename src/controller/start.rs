@@ -60,6 +60,7 @@ where
                     match outcome {
                         StartOutcome::Started => {
                             st.ledger.started(&name, now);
+                            st.estimator.record_starts(self.b.metrics.now_s(), 1);
                             self.tally_in(&mut st, Counter::Starts, 1);
                         }
                         // The same name and input while it runs comes back

@@ -28,6 +28,10 @@ pub(super) struct Function {
     pub(super) known: Option<f64>,
     /// Learned from the function's throttles, where none is read.
     pub(super) learned: Option<f64>,
+    /// Its width by age, once fitted (limited functions only): admission
+    /// keeps it under its limit by the ages started too
+    /// (`Estimator::function_allowance`), not only by `width`.
+    pub(super) profile: Option<super::Profile>,
 }
 
 impl Function {
@@ -37,6 +41,7 @@ impl Function {
             prior,
             known: None,
             learned: None,
+            profile: None,
         }
     }
 

@@ -16,6 +16,7 @@
 //! minutes are read again on every poll, and a value read again higher than
 //! the one used raises the estimate (a lower one is ignored).
 
+mod age;
 mod function;
 mod width;
 
@@ -23,6 +24,7 @@ use std::collections::BTreeMap;
 
 use crate::control::asl::{Widths, function_name};
 use crate::ports::ConcurrencySample;
+use age::{Profile, Starts};
 use function::{Function, account_at_limit};
 pub use function::{FunctionBound, LEARNED_LIMIT_RAISE};
 use width::Width;
@@ -194,6 +196,14 @@ pub struct Estimator {
     functions: BTreeMap<String, Function>,
     /// The state machine definition's bound, once read (`set_definition`).
     definition: Option<Widths>,
+    /// The controller's starts, for the widths by age.
+    starts: Starts,
+    /// A high quantile of lifetimes: the ages a profile covers.
+    horizon: Option<f64>,
+    /// Lifetimes are not known yet: the horizon is every age seen so far.
+    horizon_open: bool,
+    /// The last allowance computed: its second, the starts then, its value.
+    allowance: Option<(u64, u64, Option<f64>)>,
 }
 
 /// What the state machine definition's bound did to the estimate.
@@ -242,6 +252,10 @@ impl Estimator {
             reported_over: k_max,
             functions: BTreeMap::new(),
             definition: None,
+            starts: Starts::default(),
+            horizon: None,
+            horizon_open: true,
+            allowance: None,
         }
     }
 
@@ -458,6 +472,8 @@ impl Estimator {
         {
             self.seen.pop_first();
         }
+        self.starts
+            .prune(oldest as f64 - self.horizon.unwrap_or(0.0).max(3600.0));
     }
 
     /// Was every minute's mean running count within ±stability of their
@@ -507,6 +523,7 @@ impl Estimator {
             }
         };
         self.seen.insert(minute, seen.clone());
+        self.fit_profiles();
         let mut r = Reading::new(minute, prev.is_some());
         if self.last_sample_minute.is_none_or(|m| minute >= m) {
             self.last_sample_minute = Some(minute);

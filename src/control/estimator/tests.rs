@@ -384,3 +384,63 @@ fn an_unsettled_minute_may_raise_k_but_never_lower_it() {
     assert!((raised - 9.0).abs() < 1e-9, "{raised}");
     assert!((e.k() - 9.0).abs() < 1e-9, "{}", e.k());
 }
+
+/// A function used only from 60 s to 240 s of a lifetime, 8 wide there,
+/// reserved at 100; cohorts of `n` started at each of `cohorts` (seconds).
+fn cohort_world(n: u32, cohorts: &[f64], minutes: u64) -> Estimator {
+    let mut e = est();
+    assert!(e.set_function_limits(&[("map".into(), Some(100))]));
+    for &c in cohorts {
+        e.record_starts(c, n);
+    }
+    let width = |age: f64| {
+        if (60.0..240.0).contains(&age) {
+            8.0
+        } else {
+            0.0
+        }
+    };
+    for m in 0..minutes {
+        let t0 = (m * 60) as f64;
+        let max = (0..60)
+            .map(|i| {
+                let t = t0 + f64::from(i);
+                cohorts
+                    .iter()
+                    .filter(|&&c| c <= t)
+                    .map(|&c| f64::from(n) * width(t - c))
+                    .sum::<f64>()
+            })
+            .fold(0.0, f64::max);
+        e.set_horizon(Some(360.0), t0 + 120.0);
+        let s = ConcurrencySample {
+            minute_start_s: m * 60,
+            pipeline_max: max,
+            account_max: None,
+            throttles: Some(0.0),
+            functions: vec![FunctionSample {
+                name: "map".into(),
+                max,
+                throttles: Some(0.0),
+            }],
+        };
+        e.on_sample(&s, Some(300.0));
+    }
+    e
+}
+
+#[test]
+fn a_cohort_is_admitted_only_as_far_as_its_wide_phase_fits_the_limit() {
+    // One cohort of 10 seen through its lifetime: the wide phase (8 each)
+    // is 60 s to 240 s of age.
+    let mut e = cohort_world(10, &[0.0], 8);
+    // Long after it, the limit of 100 holds at most 100 / 8 starting now.
+    let free = e.function_allowance(1000.0, 0.0, 10.0).unwrap();
+    assert!((8.0..=12.5).contains(&free), "{free}");
+    // A cohort of 10 started 30 s ago reaches its wide phase in 30 s (80
+    // of the 100): a new start reaches its own while they are still there.
+    let mut e = cohort_world(10, &[0.0, 450.0], 8);
+    let crowded = e.function_allowance(480.0, 0.0, 10.0).unwrap();
+    assert!(crowded <= 2.5, "{crowded}");
+    assert!(crowded < free / 3.0, "{crowded} vs {free}");
+}
