@@ -46,6 +46,7 @@ impl Config {
         reload(&self.reload, &mut p);
         coordination(&self.coordination, &self.controller, &mut p);
         queue_names(&self.queues, &mut p);
+        numbers(self, &mut p);
         p.0
     }
 
@@ -293,6 +294,49 @@ fn coordination(c: &CoordinationConfig, ctl: &ControllerConfig, p: &mut Problems
     }
 }
 
+/// The largest magnitude any number in the config may have: far above
+/// every sensible value, far below where durations and counts overflow.
+const MAX_NUMBER: f64 = 1e12;
+
+/// Every number finite and within `MAX_NUMBER`, whatever its field: TOML
+/// reads `inf` and `nan`, and `inf` as a multiplier would panic the first
+/// retry (and again on every restart).
+fn numbers(cfg: &Config, p: &mut Problems) {
+    fn walk(v: &toml::Value, path: &str, p: &mut Problems) {
+        match v {
+            toml::Value::Float(f) if !f.is_finite() => {
+                p.bad(path, format!("{f} is not a finite number"));
+            }
+            toml::Value::Float(f) if f.abs() > MAX_NUMBER => {
+                p.bad(
+                    path,
+                    format!("{f} is out of range (at most {MAX_NUMBER:e})"),
+                );
+            }
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let sub = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(v, &sub, p);
+                }
+            }
+            toml::Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    walk(v, &format!("{path}[{i}]"), p);
+                }
+            }
+            _ => {}
+        }
+    }
+    match toml::Value::try_from(cfg) {
+        Ok(v) => walk(&v, "", p),
+        Err(e) => p.bad("config", format!("cannot be read back: {e}")),
+    }
+}
+
 fn seed(s: &SeedPolicyConfig, p: &mut Problems) {
     if !(s.multiplier > 0.0) {
         p.bad("seed.multiplier", "must be positive");
@@ -388,6 +432,24 @@ fn queue_names(queues: &[QueueConfig], p: &mut Problems) {
 mod tests {
     use super::*;
     use crate::config::LoadError;
+
+    #[test]
+    fn numbers_that_are_not_finite_or_absurd_are_refused_by_field() {
+        let text = "[controller]\nramp_initial = nan\nramp_concurrency_per_s = 1e300\n\n[retry]\nmultiplier = inf\n\n[seed]\nmultiplier = inf\n";
+        let cfg: Config = toml::from_str(text).unwrap();
+        let problems = cfg.validate();
+        for field in [
+            "controller.ramp_initial",
+            "controller.ramp_concurrency_per_s",
+            "retry.multiplier",
+            "seed.multiplier",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.field == field),
+                "{field} not reported: {problems:?}"
+            );
+        }
+    }
 
     #[test]
     fn every_problem_is_reported_at_once() {

@@ -103,7 +103,9 @@ impl Iterator for Backoff {
     type Item = Duration;
     fn next(&mut self) -> Option<Duration> {
         let base = self.next;
-        self.next = self.max.min(base.mul_f64(self.multiplier));
+        // Checked: a multiplier of inf or 1e300 caps at `max`, not a panic.
+        self.next = Duration::try_from_secs_f64(base.as_secs_f64() * self.multiplier)
+            .map_or(self.max, |d| self.max.min(d));
         match &mut self.rng {
             Some(rng) => {
                 let f = rng.random_range(0.5..=1.0);
@@ -117,6 +119,20 @@ impl Iterator for Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_or_infinite_multiplier_caps_the_delay_instead_of_panicking() {
+        for m in [f64::INFINITY, 1e300, f64::MAX] {
+            let mut b = Backoff {
+                next: Duration::from_millis(100),
+                max: Duration::from_secs(30),
+                multiplier: m,
+                rng: None,
+            };
+            assert_eq!(b.next(), Some(Duration::from_millis(100)));
+            assert_eq!(b.next(), Some(Duration::from_secs(30)));
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn pacer_holds_the_rate_after_the_burst() {
