@@ -22,11 +22,12 @@ pub(super) const BUCKETS: usize = 24;
 /// lifetime's phases further on.
 const GROWTH: f64 = 1.15;
 
-/// Minutes a fit needs before it replaces the per-execution width.
+/// Minutes a fit needs before admission uses it.
 pub(super) const MIN_ROWS: usize = 3;
 
 /// The fit's pull toward the plain ratio in each bucket, and between
-/// neighbouring buckets, against a minute's weight of 1: a bucket no minute
+/// neighbouring buckets, each weighing as that fraction of a minute of the
+/// mean minute's starts: a bucket no minute
 /// shows stays near the plain ratio (with uniform ages the data fixes only
 /// the average, and the fit is the plain ratio), one a few minutes show
 /// follows them.
