@@ -9,10 +9,21 @@
 # stage holds only that binary. Both are Debian 12 (bookworm): the binary
 # links glibc dynamically, so the builder's glibc must not be newer than the
 # runtime's. Change the two tags together (e.g. trixie with cc-debian13).
-# To pin by digest, append @sha256:... to each FROM (the tags float with
-# Debian security updates).
+#
+# The base images are build arguments so that a release pins them by digest
+# without editing this file: the tags below float (Debian security updates),
+# a digest does not. The release pipeline must pass both as
+# name:tag@sha256:<digest> (the digest wins; the tag stays for readers):
+#   docker build \
+#     --build-arg RUST_IMAGE=rust:1.95.0-slim-bookworm@sha256:<digest> \
+#     --build-arg RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot@sha256:<digest> .
+# deploy/README.md, "Pin the base images", says how to read the digests.
+# The defaults (tags only) serve local builds. No digest is committed here:
+# each release reads the current ones and records them.
+ARG RUST_IMAGE=rust:1.95.0-slim-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
-FROM rust:1.95.0-slim-bookworm AS build
+FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 # Only what the binary's build reads: the manifest and lock; the sources;
 # the font and the built-in scenario embedded with include_bytes!/include_str!
@@ -35,7 +46,7 @@ RUN cargo build --release --locked --bin fanout
 # nothing to exec into; its "nonroot" variant runs as uid 65532. The cost is
 # no shell for debugging (ECS Exec is useless here): use the JSON logs,
 # /metrics and `fanout status --controller` instead.
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM ${RUNTIME_IMAGE}
 COPY --from=build /src/target/release/fanout /usr/local/bin/fanout
 USER 65532:65532
 # [http] listen: GET /healthz and GET /metrics.

@@ -3,12 +3,18 @@
 //! `scripts/test.sh`, pinned), and the example state machine: its ASL parses,
 //! every state it names exists, and the copy embedded in the template is
 //! identical to `deploy/state-machine.asl.json` (the source of truth).
+//! Then what the linters cannot know: what the stack keeps when deleted,
+//! what the task may reach on the network, what its roles may do (no more
+//! than the adapters call), how the image's bases are pinned and what the
+//! build context holds.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
-use serde_json::Value;
+use fanout::aws::sfn::REMEMBER_TAG;
+use serde_json::{Value, json};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -219,4 +225,427 @@ fn the_asl_check_catches_broken_definitions() {
         embedded_definition(yaml),
         "{\"StartAt\": \"A\",\n  \"States\": {}}"
     );
+}
+
+/// The template as JSON, decoded by cfn-lint itself (`!Ref X` is
+/// `{"Ref": "X"}`, `!GetAtt A.B` is `{"Fn::GetAtt": ["A", "B"]}`), and
+/// cfn-lint's list of the resource types that hold data.
+fn decoded() -> &'static Value {
+    static DECODED: OnceLock<Value> = OnceLock::new();
+    DECODED.get_or_init(|| {
+        let code = "import json, os, sys\n\
+            import cfnlint.data.AdditionalSpecs as specs\n\
+            from cfnlint.decode import decode\n\
+            t, errors = decode(sys.argv[1])\n\
+            if errors: sys.exit('\\n'.join(map(str, errors)))\n\
+            path = os.path.join(os.path.dirname(specs.__file__), 'StatefulResources.json')\n\
+            stateful = sorted(json.load(open(path))['ResourceTypes'])\n\
+            json.dump({'template': t, 'stateful': stateful}, sys.stdout)\n";
+        let mut python = Command::new(tool("python"));
+        python.args(["-c", code, "deploy/fanout.yaml"]);
+        let out = python.current_dir(repo()).output().expect("python");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "decoding deploy/fanout.yaml: {err}");
+        serde_json::from_slice(&out.stdout).expect("the decoder's output is JSON")
+    })
+}
+
+fn template() -> &'static Value {
+    &decoded()["template"]
+}
+
+/// The template's resources of type `ty`, by logical id.
+fn resources(ty: &str) -> Vec<(&'static str, &'static Value)> {
+    let all = template()["Resources"].as_object().expect("Resources");
+    let of_type = all.iter().filter(|(_, r)| r["Type"] == ty);
+    of_type.map(|(id, r)| (id.as_str(), r)).collect()
+}
+
+/// The only resource of type `ty`.
+fn the(ty: &str) -> (&'static str, &'static Value) {
+    let found = resources(ty);
+    assert_eq!(found.len(), 1, "deploy/fanout.yaml: want one {ty}");
+    found[0]
+}
+
+/// One value or a list of them (IAM's Action, Resource, Statement...).
+fn one_or_many(v: &Value) -> Vec<&Value> {
+    match v {
+        Value::Array(a) => a.iter().collect(),
+        Value::Null => Vec::new(),
+        one => vec![one],
+    }
+}
+
+fn strs(v: &Value) -> Vec<&str> {
+    let all = one_or_many(v).into_iter();
+    all.filter_map(Value::as_str).collect()
+}
+
+/// The role the task definition names in `field` (`!GetAtt ROLE.Arn`), and
+/// the statements of its inline policies.
+fn task_definition_role(field: &str) -> (&'static str, Vec<&'static Value>) {
+    let (_, td) = the("AWS::ECS::TaskDefinition");
+    let arn = &td["Properties"][field]["Fn::GetAtt"];
+    let id = arn[0].as_str().expect("!GetAtt ROLE.Arn");
+    let role = &template()["Resources"][id];
+    assert_eq!(role["Type"], "AWS::IAM::Role", "{field}");
+    let policies = one_or_many(&role["Properties"]["Policies"]).into_iter();
+    let statement = |p: &'static Value| one_or_many(&p["PolicyDocument"]["Statement"]);
+    (id, policies.flat_map(statement).collect())
+}
+
+/// Deleting or replacing the stack must not take the backlog, the DLQs
+/// under review, the claim record or the logs with it: every resource of a
+/// type cfn-lint counts as holding data is retained on both.
+#[test]
+fn every_resource_that_holds_data_outlives_the_stack() {
+    let stateful = strs(&decoded()["stateful"]);
+    let (mut checked, mut problems) = (BTreeSet::new(), Vec::new());
+    for (id, r) in template()["Resources"].as_object().unwrap() {
+        let ty = r["Type"].as_str().unwrap_or("");
+        for policy in ["DeletionPolicy", "UpdateReplacePolicy"] {
+            if stateful.contains(&ty) && r[policy] != "Retain" {
+                problems.push(format!("{id} ({ty}): {policy} is {}", r[policy]));
+            }
+        }
+        checked.insert(ty);
+    }
+    // Not vacuous: the queues, the log group and the claim table are among them.
+    for ty in [
+        "AWS::SQS::Queue",
+        "AWS::Logs::LogGroup",
+        "AWS::DynamoDB::Table",
+    ] {
+        assert!(checked.contains(ty) && stateful.contains(&ty), "{ty}");
+    }
+    let problems = problems.join("\n  ");
+    assert!(problems.is_empty(), "want Retain:\n  {problems}");
+}
+
+/// The task's security group is the stack's, in the given VPC: nothing in
+/// (the health check is on 127.0.0.1), only HTTPS out (every AWS API the
+/// controller and the Fargate agent call; DNS goes to the VPC resolver,
+/// which security groups do not filter). The service uses it alone.
+#[test]
+fn the_task_security_group_lets_only_https_out() {
+    let (id, sg) = the("AWS::EC2::SecurityGroup");
+    let p = &sg["Properties"];
+    let vpc = p["VpcId"]["Ref"].as_str().expect("VpcId: a Ref");
+    assert_eq!(template()["Parameters"][vpc]["Type"], "AWS::EC2::VPC::Id");
+    assert!(p["SecurityGroupIngress"].is_null(), "{id}: inbound rules");
+    for ty in ["Ingress", "Egress"].map(|t| format!("AWS::EC2::SecurityGroup{t}")) {
+        assert!(resources(&ty).is_empty(), "a rule outside: {ty}");
+    }
+    let mut egress = p["SecurityGroupEgress"].clone();
+    for rule in egress.as_array_mut().into_iter().flatten() {
+        rule.as_object_mut().map(|r| r.remove("Description"));
+    }
+    let https = json!({"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "CidrIp": "0.0.0.0/0"});
+    assert_eq!(egress, json!([https]), "{id}: egress");
+    let network = &the("AWS::ECS::Service").1["Properties"]["NetworkConfiguration"];
+    let groups = &network["AwsvpcConfiguration"]["SecurityGroups"];
+    assert_eq!(*groups, json!([{"Fn::GetAtt": [id, "GroupId"]}]), "Service");
+}
+
+/// The task may write one tag on the state machine, the one that keeps the
+/// learned Lambdas per execution; any other key (an owner, a cost centre, a
+/// key another policy grants access by) is refused.
+#[test]
+fn the_task_role_may_set_only_the_remembered_tag() {
+    let (id, statements) = task_definition_role("TaskRoleArn");
+    let tags = |s: &&&Value| strs(&s["Action"]).contains(&"states:TagResource");
+    let tagging = statements.iter().filter(tags);
+    let mut found = 0;
+    for s in tagging {
+        // Alone, so that the condition cannot be read as meant for others.
+        assert_eq!(strs(&s["Action"]), ["states:TagResource"], "{id}: {s}");
+        let keys = &s["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"];
+        assert_eq!(strs(keys), [REMEMBER_TAG], "{id}: {s}");
+        found += 1;
+    }
+    assert!(found > 0, "{id}: no states:TagResource");
+}
+
+/// A service assumes each role only on behalf of this account
+/// (aws:SourceAccount): the confused-deputy guard.
+#[test]
+fn every_service_role_is_assumable_only_for_this_account() {
+    for (id, role) in resources("AWS::IAM::Role") {
+        for s in one_or_many(&role["Properties"]["AssumeRolePolicyDocument"]["Statement"]) {
+            let account = &s["Condition"]["StringEquals"]["aws:SourceAccount"];
+            let this = *account == json!({"Ref": "AWS::AccountId"});
+            assert!(this || s["Principal"]["Service"].is_null(), "{id}: {s}");
+        }
+    }
+}
+
+/// The execution role (image pull, awslogs) names its resources: the
+/// image's ECR repository, the service's log group; the managed
+/// AmazonECSTaskExecutionRolePolicy would grant the same on "*". Only
+/// ecr:GetAuthorizationToken stays on "*": it has no resource-level
+/// permission.
+#[test]
+fn the_execution_role_reaches_only_the_image_repository_and_the_log_group() {
+    let (id, statements) = task_definition_role("ExecutionRoleArn");
+    let managed = &template()["Resources"][id]["Properties"]["ManagedPolicyArns"];
+    assert!(managed.is_null(), "{id}: managed policies {managed}");
+    let td = &the("AWS::ECS::TaskDefinition").1["Properties"];
+    let logs = &td["ContainerDefinitions"][0]["LogConfiguration"]["Options"]["awslogs-group"];
+    let log_group = logs["Ref"].as_str().expect("awslogs-group: a Ref");
+    let mut granted = BTreeSet::new();
+    for s in statements {
+        assert_eq!(s["Effect"], "Allow", "{id}: {s}");
+        for action in strs(&s["Action"]) {
+            let names = match action {
+                "ecr:GetAuthorizationToken" => "*",
+                "ecr:BatchGetImage" | "ecr:GetDownloadUrlForLayer" => ":repository/",
+                "logs:CreateLogStream" | "logs:PutLogEvents" => log_group,
+                _ => panic!("{id}: {action} is not needed to pull and log"),
+            };
+            for r in one_or_many(&s["Resource"]) {
+                let text = r.as_str().map_or_else(|| r.to_string(), str::to_string);
+                let scoped = text.contains(names) && (names == "*" || text != "*");
+                assert!(scoped, "{id}: {action} on {text}, want {names}");
+            }
+            granted.insert(action);
+        }
+    }
+    assert_eq!(granted.len(), 5, "{id}: grants {granted:?}");
+}
+
+/// Base images are build arguments declared before the first FROM, so the
+/// release pipeline pins them by digest (`--build-arg NAME=image:tag@sha256:…`)
+/// without editing the Dockerfile, and deploy/README.md shows how. A FROM
+/// names such an argument or an earlier stage, never an image by tag alone.
+#[test]
+fn base_images_are_build_args_the_readme_pins_by_digest() {
+    let readme = read("deploy/README.md");
+    let (mut args, mut stages, mut froms) = (BTreeSet::new(), BTreeSet::new(), 0);
+    for line in read("Dockerfile").lines() {
+        match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            ["ARG", decl, ..] if froms == 0 => {
+                args.insert(decl.split('=').next().unwrap().to_string());
+            }
+            ["FROM", rest @ ..] => {
+                froms += 1;
+                let image = *rest.iter().find(|w| !w.starts_with("--")).expect(line);
+                match image.strip_prefix("${").and_then(|i| i.strip_suffix('}')) {
+                    Some(arg) => {
+                        assert!(args.contains(arg), "{line}: {arg} is not a global ARG");
+                        let shown = format!("--build-arg {arg}=");
+                        assert!(readme.contains(&shown), "deploy/README.md: no {shown}");
+                    }
+                    None => assert!(stages.contains(image), "{line}: by tag, not digest"),
+                }
+                if let [.., "AS" | "as", stage] = rest {
+                    stages.insert((*stage).to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(froms > 0, "Dockerfile: no FROM");
+}
+
+/// Whether Docker sends `path` (relative, `/`-separated) in the build
+/// context: the last `.dockerignore` pattern matching the path or one of its
+/// parents decides, `!` re-including. `*` within a segment is all the
+/// patterns may use (checked).
+fn in_context(dockerignore: &str, path: &str) -> bool {
+    fn glob(pat: &str, s: &str) -> bool {
+        let Some((head, tail)) = pat.split_once('*') else {
+            return pat == s;
+        };
+        let Some(rest) = s.strip_prefix(head) else {
+            return false;
+        };
+        (0..=rest.len()).any(|i| rest.is_char_boundary(i) && glob(tail, &rest[i..]))
+    }
+    let parts: Vec<&str> = path.split('/').collect();
+    let mut sent = true;
+    for line in dockerignore.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (keep, pat) = line.strip_prefix('!').map_or((false, line), |p| (true, p));
+        let segs: Vec<&str> = pat.trim_matches('/').split('/').collect();
+        let plain = !pat.contains(['?', '[', '\\']) && !pat.contains("**");
+        assert!(plain, "{line}: unread");
+        if segs.len() <= parts.len() && segs.iter().zip(&parts).all(|(g, p)| glob(g, p)) {
+            sent = keep;
+        }
+    }
+    sent
+}
+
+/// Every file under `rel` (itself if a file), relative to the repository.
+fn files_under(rel: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(repo().join(rel)) else {
+        return vec![rel.to_string()];
+    };
+    let names = dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned());
+    names
+        .flat_map(|n| files_under(&format!("{rel}/{n}")))
+        .collect()
+}
+
+/// `.dockerignore` is an allow-list: everything the Dockerfile copies is
+/// sent, the file of every target Cargo.toml declares among it (cargo
+/// refuses a manifest whose declared target is missing), and nothing else
+/// of note: not target/ (gigabytes), .git, .venv.
+#[test]
+fn the_build_context_holds_what_the_build_copies_and_nothing_else() {
+    let ignore = read(".dockerignore");
+    let copied: Vec<String> = (read("Dockerfile").lines())
+        .filter_map(|l| l.strip_prefix("COPY ").filter(|a| !a.starts_with("--from")))
+        .flat_map(|a| a.split_whitespace().rev().skip(1).collect::<Vec<_>>())
+        .map(|w| w.trim_end_matches('/').to_string())
+        .collect();
+    assert!(copied.contains(&"src".into()), "copies {copied:?}");
+    for file in copied.iter().flat_map(|c| files_under(c)) {
+        assert!(in_context(&ignore, &file), "not sent: {file}");
+    }
+    let manifest: Value = toml::from_str(&read("Cargo.toml")).unwrap();
+    let kinds = [
+        ("lib", "src"),
+        ("bin", "src/bin"),
+        ("bench", "benches"),
+        ("example", "examples"),
+    ];
+    for (kind, dir) in kinds {
+        for target in one_or_many(&manifest[kind]) {
+            let name = target["name"].as_str().unwrap_or("lib");
+            let default = format!("{dir}/{name}.rs");
+            let path = target["path"].as_str().map_or(default, str::to_string);
+            let sent = in_context(&ignore, &path) && copied.iter().any(|c| path.starts_with(c));
+            assert!(sent, "Cargo.toml declares {kind} {path}: not in the build");
+        }
+    }
+    for never in [
+        "target/release/fanout",
+        ".git/HEAD",
+        ".venv/bin/python",
+        "tests/deploy.rs",
+    ] {
+        assert!(!in_context(&ignore, never), "sent: {never}");
+    }
+    // The reading of .dockerignore itself: last match wins, a pattern covers
+    // what is under a matching directory, `*` stays within a segment.
+    let rules = "# c\n*\n!src\n!Cargo.*\nsrc/*.bak\n";
+    let sent =
+        ["src/a/b.rs", "Cargo.lock", "src/x.bak", "srcs", "x/src"].map(|p| in_context(rules, p));
+    assert_eq!(sent, [true, true, false, false, false]);
+}
+
+/// The adapters, the SDK crate each speaks through, and its IAM prefix.
+/// src/aws/mod.rs only builds the clients and maps errors.
+const ADAPTERS: [(&str, &str, &str); 5] = [
+    ("sqs.rs", "aws-sdk-sqs", "sqs"),
+    ("sfn.rs", "aws-sdk-sfn", "states"),
+    ("lambda.rs", "aws-sdk-lambda", "lambda"),
+    ("cloudwatch.rs", "aws-sdk-cloudwatch", "cloudwatch"),
+    ("claims.rs", "aws-sdk-dynamodb", "dynamodb"),
+];
+
+/// Task-role grants no adapter call explains, each with its reason. None:
+/// `run` (the task's command), `enqueue` and `status` reach AWS only
+/// through the adapters (checked below); the latter two run with the
+/// operator's credentials anyway, not the task role.
+const GRANTED_FOR_OTHERS: &[(&str, &str)] = &[];
+
+/// The operations of an SDK crate: its `src/operation/<name>` modules.
+fn sdk_operations(krate: &str) -> BTreeSet<String> {
+    static META: OnceLock<Value> = OnceLock::new();
+    let meta = META.get_or_init(|| {
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo.args(["metadata", "--offline", "--format-version", "1"]);
+        let out = cargo.current_dir(repo()).output().expect("cargo metadata");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "cargo metadata: {err}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    });
+    let mut packages = one_or_many(&meta["packages"]).into_iter();
+    let package = packages.find(|p| p["name"] == krate).expect(krate);
+    let manifest = package["manifest_path"].as_str().unwrap();
+    let dir = std::fs::read_dir(Path::new(manifest).with_file_name("src/operation"));
+    let names = dir.expect(krate).map(|e| e.unwrap().file_name());
+    names
+        .map(|n| n.to_string_lossy().trim_end_matches(".rs").to_string())
+        .collect()
+}
+
+/// The IAM actions of the adapters' SDK calls: `.name()` with no argument
+/// where `name` is an operation of the file's SDK, outside unit tests. An
+/// SQS batch call needs the single-message action (SQS Developer Guide,
+/// "Amazon SQS batch actions").
+fn called_actions() -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (file, krate, prefix) in ADAPTERS {
+        let ops = sdk_operations(krate);
+        let text = read(&format!("src/aws/{file}"));
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        for piece in code.split('.').skip(1) {
+            let end = piece.find(|c: char| !c.is_ascii_alphanumeric() && c != '_');
+            let (mut name, rest) = piece.split_at(end.unwrap_or(piece.len()));
+            if !rest.starts_with("()") || !ops.contains(name) {
+                continue;
+            }
+            if prefix == "sqs" {
+                name = name.trim_end_matches("_batch");
+            }
+            let words = name.split('_');
+            let pascal: String = words.map(|w| w[..1].to_uppercase() + &w[1..]).collect();
+            out.insert(format!("{prefix}:{pascal}"));
+        }
+    }
+    out
+}
+
+/// What differs between the actions called and those granted.
+fn grant_problems(
+    called: &BTreeSet<String>,
+    granted: &BTreeSet<&str>,
+    others: &[(&str, &str)],
+) -> Vec<String> {
+    let other = |a: &str| others.iter().any(|(o, _)| *o == a);
+    let unused = granted.iter().filter(|a| !called.contains(**a));
+    let unused = unused.filter(|a| !other(a));
+    let missing = called.iter().filter(|a| !granted.contains(a.as_str()));
+    let stale = others.iter().filter(|(a, _)| !granted.contains(a));
+    (unused.map(|a| format!("{a}: granted, never called")))
+        .chain(missing.map(|a| format!("{a}: called, not granted")))
+        .chain(stale.map(|(a, _)| format!("{a}: listed for others, not granted")))
+        .collect()
+}
+
+/// The task role grants every SDK operation the adapters call and nothing
+/// more (resources aside: the template names them statement by statement).
+#[test]
+fn the_task_role_grants_exactly_what_the_adapters_call() {
+    for file in files_under("src/aws") {
+        let known = ADAPTERS.iter().any(|a| file.ends_with(a.0)) || file.ends_with("/mod.rs");
+        assert!(known, "{file}: a new adapter? add it to ADAPTERS");
+    }
+    let all = files_under("src");
+    for file in all.iter().filter(|f| !f.starts_with("src/aws/")) {
+        assert!(!read(file).contains("aws_sdk_"), "{file} calls AWS itself");
+    }
+    let called = called_actions();
+    assert!(called.contains("sqs:ReceiveMessage"), "scan: {called:?}");
+    let (id, statements) = task_definition_role("TaskRoleArn");
+    let granted: BTreeSet<&str> = statements.iter().flat_map(|s| strs(&s["Action"])).collect();
+    let problems = grant_problems(&called, &granted, GRANTED_FOR_OTHERS).join("\n  ");
+    assert!(problems.is_empty(), "{id} against src/aws:\n  {problems}");
+    // Both directions are caught.
+    let mut fewer = granted.clone();
+    fewer.remove("states:StartExecution");
+    let mut more = granted;
+    more.insert("sqs:PurgeQueue");
+    let found = [fewer, more].map(|g| grant_problems(&called, &g, &[]));
+    let want = [
+        "states:StartExecution: called, not granted",
+        "sqs:PurgeQueue: granted, never called",
+    ];
+    assert_eq!(found, want.map(|w| vec![w.to_string()]));
 }
