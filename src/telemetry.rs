@@ -12,8 +12,13 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use tokio::net::TcpListener;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
+use tracing::{debug, warn};
 
 use crate::controller::Snapshot;
 use crate::metrics::{Counter, Gauge};
@@ -24,20 +29,22 @@ use crate::ports::MetricsSink;
 /// long poll, so a minute of silence means it is stuck.
 pub const STALL_AFTER: Duration = Duration::from_secs(60);
 
-/// Why the HTTP server stopped or never started.
+/// Connections the HTTP server serves at once. More wait in the listen
+/// backlog until one ends, so a flood of idle clients cannot take the file
+/// handles the AWS clients need.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// A connection that sends no whole request head this long after it opened
+/// (or after its last response) is closed: a slowloris client, or an idle
+/// one, gives its slot back.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the HTTP server never started.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     /// The listen address could not be bound.
     #[error("cannot listen on {addr} (config http.listen): {source}")]
     Bind {
-        /// The address from `http.listen`.
-        addr: String,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The server failed while serving.
-    #[error("HTTP server on {addr} failed: {source}")]
-    Serve {
         /// The address from `http.listen`.
         addr: String,
         /// The I/O error.
@@ -238,29 +245,199 @@ pub async fn bind(addr: &str) -> Result<TcpListener, TelemetryError> {
         })
 }
 
-/// Serve /healthz and /metrics until `stop` resolves.
+/// Serve /healthz and /metrics until `stop` resolves, then let the open
+/// connections finish. Up to [`MAX_CONNECTIONS`] at once, each closed if
+/// it sends no whole request head within [`HEADER_READ_TIMEOUT`].
 pub async fn serve(
     listener: TcpListener,
     t: Telemetry,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), TelemetryError> {
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+) {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(t);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-        .map_err(|source| TelemetryError::Serve { addr, source })
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let (closing, closed) = watch::channel(false);
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        // A slot before the accept: over the limit, clients wait in the
+        // listen backlog, holding no file handle of ours.
+        let slot = tokio::select! {
+            () = &mut stop => break,
+            slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let stream = tokio::select! {
+            () = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file handles, most likely: wait for some to free.
+                    warn!(error = %e, "HTTP server: accept failed; retrying in 1 s");
+                    tokio::select! {
+                        () = &mut stop => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            },
+        };
+        tokio::spawn(connection(stream, app.clone(), slot, closed.clone()));
+    }
+    let _ = closing.send(true);
+    // Each connection holds a slot until it ends: all slots back, all done.
+    let _ = slots.acquire_many(MAX_CONNECTIONS as u32).await;
+}
+
+/// One HTTP/1.1 connection, holding `_slot` until it ends; on `closing`, it
+/// finishes the request in hand and closes.
+async fn connection(
+    stream: TcpStream,
+    app: Router,
+    _slot: OwnedSemaphorePermit,
+    mut closing: watch::Receiver<bool>,
+) {
+    let mut builder = http1::Builder::new();
+    // The timer runs on tokio's clock; the timeout also ends idle
+    // keep-alive connections (hyper re-arms it after each response).
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = async { closing.wait_for(|c| *c).await.is_ok() } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        // Timeouts and clients that hang up: theirs to fix, not ours.
+        debug!(error = %e, "HTTP connection ended");
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// A server on an ephemeral loopback port, healthy.
+    async fn server() -> SocketAddr {
+        let listener = bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let t = Telemetry::new(20);
+        t.set_snapshot(Snapshot {
+            ready: true,
+            ..Snapshot::default()
+        });
+        tokio::spawn(serve(listener, t, std::future::pending()));
+        addr
+    }
+
+    fn request(method: &str, path: &str) -> String {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: fanout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+    }
+
+    /// The status line of one request on its own connection.
+    async fn status_of(addr: SocketAddr, method: &str, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request(method, path).as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        let text = String::from_utf8_lossy(&buf);
+        text.lines().next().unwrap_or("").to_string()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_ends_the_server_with_an_idle_connection_open() {
+        let listener = bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, Telemetry::new(20), async {
+            let _ = rx.await;
+        }));
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), server)
+            .await
+            .expect("the server still runs 1 s after stop")
+            .unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(idle.read(&mut buf).await.unwrap(), 0, "closed");
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_are_404_and_wrong_methods_405() {
+        let addr = server().await;
+        assert_eq!(status_of(addr, "GET", "/healthz").await, "HTTP/1.1 200 OK");
+        assert_eq!(status_of(addr, "GET", "/metrics").await, "HTTP/1.1 200 OK");
+        assert_eq!(
+            status_of(addr, "GET", "/nope").await,
+            "HTTP/1.1 404 Not Found"
+        );
+        for (method, path) in [("POST", "/healthz"), ("DELETE", "/metrics")] {
+            assert_eq!(
+                status_of(addr, method, path).await,
+                "HTTP/1.1 405 Method Not Allowed",
+                "{method} {path}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stalls_mid_head_is_disconnected() {
+        let addr = server().await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: fan")
+            .await
+            .unwrap();
+        let t0 = Instant::now();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(60), s.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "a client stalled mid-head is still connected after 60 s: {read:?}"
+        );
+        assert!(t0.elapsed() >= HEADER_READ_TIMEOUT, "{:?}", t0.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_over_the_limit_wait_and_healthz_answers_once_one_ends() {
+        let addr = server().await;
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        extra
+            .write_all(request("GET", "/healthz").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let early = tokio::time::timeout(Duration::from_secs(2), extra.read_to_end(&mut buf)).await;
+        assert!(
+            early.is_err(),
+            "connection {} was served while {MAX_CONNECTIONS} were held open: {:?}",
+            MAX_CONNECTIONS + 1,
+            String::from_utf8_lossy(&buf)
+        );
+        drop(idle.pop());
+        tokio::time::timeout(Duration::from_secs(1), extra.read_to_end(&mut buf))
+            .await
+            .expect("no answer after a connection ended")
+            .unwrap();
+        assert!(
+            buf.starts_with(b"HTTP/1.1 200 OK"),
+            "{}",
+            String::from_utf8_lossy(&buf)
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn health_needs_ready_and_a_fresh_snapshot() {
