@@ -203,10 +203,33 @@ impl Counter {
     }
 }
 
+/// A label value as the Prometheus text format wants it: backslash, double
+/// quote and line feed escaped. Queue names come from the config and may
+/// hold any of them; unescaped, one breaks the whole exposition.
+pub fn escape_label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::BTreeSet;
+
+    #[test]
+    fn label_values_escape_backslash_quote_and_line_feed() {
+        assert_eq!(escape_label_value(r#"a\b"c"#), r#"a\\b\"c"#);
+        assert_eq!(escape_label_value("x\ny\r"), "x\\ny\r");
+        assert_eq!(escape_label_value("bulk-é"), "bulk-é");
+    }
 
     #[test]
     fn every_variant_is_listed_once_at_its_index_with_a_unique_name() {

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::controller::Snapshot;
-use crate::metrics::{Counter, Gauge};
+use crate::metrics::{Counter, Gauge, escape_label_value};
 use crate::ports::MetricsSink;
 
 /// `/healthz` fails when the admission snapshot is older than this: the
@@ -197,11 +197,13 @@ impl Telemetry {
         }
         out.push_str("# HELP fanout_config_reloads_total Config reloads (SIGHUP, file change) by result.\n# TYPE fanout_config_reloads_total counter\n");
         for (r, n) in &i.reloads {
+            let r = escape_label_value(r);
             let _ = writeln!(out, "fanout_config_reloads_total{{result=\"{r}\"}} {n}");
         }
         if !i.depths.is_empty() {
             out.push_str("# HELP fanout_queue_messages Approximate messages per queue and state.\n# TYPE fanout_queue_messages gauge\n");
             for ((q, st), n) in &i.depths {
+                let (q, st) = (escape_label_value(q), escape_label_value(st));
                 let _ = writeln!(
                     out,
                     "fanout_queue_messages{{queue=\"{q}\",state=\"{st}\"}} {n}"
@@ -480,6 +482,17 @@ mod tests {
         assert!(text.contains("fanout_ceiling 12\n"), "{text}");
         assert!(
             text.contains("fanout_config_reloads_total{result=\"applied\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn queue_names_are_escaped_in_labels() {
+        let t = Telemetry::new(20);
+        t.set_depth("a\\b\"c\nd", "visible", 7);
+        let text = t.render();
+        assert!(
+            text.contains("fanout_queue_messages{queue=\"a\\\\b\\\"c\\nd\",state=\"visible\"} 7\n"),
             "{text}"
         );
     }
