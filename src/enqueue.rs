@@ -5,12 +5,16 @@
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Map, Value};
+
+mod input;
+
+pub use input::{InputError, MAX_LINE_BYTES, parse_csv, parse_jsonl, read_file};
 
 use crate::aws::Clients;
 use crate::aws::sqs::SqsQueue;
@@ -40,21 +44,14 @@ pub enum EnqueueError {
     /// `--data` is not a JSON object; why.
     #[error("--data must be a JSON object: {0}")]
     Data(String),
-    /// The input file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
+    /// The input file cannot be read, or its CSV header is refused.
+    #[error("{path}: {problem}")]
+    Input {
         /// The input file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The CSV file is malformed or has no `company_id` column.
-    #[error("{path}: {message}")]
-    Csv {
-        /// The input file.
-        path: PathBuf,
-        /// What is wrong with it.
-        message: String,
+        /// Why (shown in this message, so not an error `source`: `{:#}`
+        /// would print it twice).
+        problem: InputError,
     },
     /// The input file is neither `.csv` nor `.jsonl`/`.ndjson`.
     #[error("{path}: unknown file type; use .csv or .jsonl")]
@@ -117,6 +114,9 @@ pub struct LineProblem {
 pub struct EnqueueSummary {
     /// The name of the queue sent to.
     pub queue: String,
+    /// The input file, if one was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
     /// Nothing was sent (`--dry-run`).
     pub dry_run: bool,
     /// Valid bodies read.
@@ -146,11 +146,16 @@ impl EnqueueSummary {
             self.failed.len(),
             self.invalid.len()
         );
+        // `file:line`, as editors and terminals jump to it.
+        let at = |line: u64| match &self.file {
+            Some(f) => format!("{f}:{line}"),
+            None => format!("line {line}"),
+        };
         for p in self.invalid.iter().take(50) {
-            let _ = writeln!(s, "  line {}: invalid: {}", p.line, p.reason);
+            let _ = writeln!(s, "  {}: invalid: {}", at(p.line), p.reason);
         }
         for p in self.failed.iter().take(50) {
-            let _ = writeln!(s, "  line {}: not sent: {}", p.line, p.reason);
+            let _ = writeln!(s, "  {}: not sent: {}", at(p.line), p.reason);
         }
         let hidden = self.invalid.len().saturating_sub(50) + self.failed.len().saturating_sub(50);
         if hidden > 0 {
@@ -169,14 +174,6 @@ pub struct Body {
     pub text: String,
 }
 
-fn id_ok(v: &Value) -> bool {
-    match v {
-        Value::String(s) => !s.trim().is_empty(),
-        Value::Number(_) => true,
-        _ => false,
-    }
-}
-
 /// The body of a single update: `{"company_id": ID, ...data}`.
 pub fn single_body(company_id: &str, data: Option<&str>) -> Result<String, EnqueueError> {
     let mut obj = match data {
@@ -192,110 +189,6 @@ pub fn single_body(company_id: &str, data: Option<&str>) -> Result<String, Enque
     }
     obj.insert("company_id".into(), Value::String(company_id.to_string()));
     Ok(Value::Object(obj).to_string())
-}
-
-/// Parse a CSV (header row with `company_id`; other columns become string
-/// fields) or JSON-lines file (one object with `company_id` per line).
-pub fn read_file(path: &Path) -> Result<(Vec<Body>, Vec<LineProblem>), EnqueueError> {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    match ext.as_str() {
-        "csv" => read_csv(path),
-        "jsonl" | "ndjson" => {
-            let text = std::fs::read_to_string(path).map_err(|source| EnqueueError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            Ok(parse_jsonl(&text))
-        }
-        _ => Err(EnqueueError::FileType {
-            path: path.to_path_buf(),
-        }),
-    }
-}
-
-/// Bodies and refused lines of a JSON-lines text; blank lines are skipped.
-pub fn parse_jsonl(text: &str) -> (Vec<Body>, Vec<LineProblem>) {
-    let mut ok = Vec::new();
-    let mut bad = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = i as u64 + 1;
-        if raw.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<Value>(raw) {
-            Ok(Value::Object(m)) if m.get("company_id").is_some_and(id_ok) => ok.push(Body {
-                line,
-                text: Value::Object(m).to_string(),
-            }),
-            Ok(Value::Object(_)) => bad.push(LineProblem {
-                line,
-                reason: "no company_id (a non-empty string or a number)".into(),
-            }),
-            Ok(_) => bad.push(LineProblem {
-                line,
-                reason: "not a JSON object".into(),
-            }),
-            Err(e) => bad.push(LineProblem {
-                line,
-                reason: format!("not JSON: {e}"),
-            }),
-        }
-    }
-    (ok, bad)
-}
-
-fn read_csv(path: &Path) -> Result<(Vec<Body>, Vec<LineProblem>), EnqueueError> {
-    let csv_err = |e: csv::Error| EnqueueError::Csv {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    };
-    let mut r = csv::ReaderBuilder::new()
-        .flexible(false)
-        .from_path(path)
-        .map_err(csv_err)?;
-    let headers = r.headers().map_err(csv_err)?.clone();
-    if !headers.iter().any(|h| h == "company_id") {
-        return Err(EnqueueError::Csv {
-            path: path.to_path_buf(),
-            message: "the header row has no company_id column".into(),
-        });
-    }
-    let mut ok = Vec::new();
-    let mut bad = Vec::new();
-    for rec in r.records() {
-        let rec = match rec {
-            Ok(rec) => rec,
-            Err(e) => {
-                let line = e.position().map_or(0, csv::Position::line);
-                bad.push(LineProblem {
-                    line,
-                    reason: e.to_string(),
-                });
-                continue;
-            }
-        };
-        let line = rec.position().map_or(0, csv::Position::line);
-        let mut obj = Map::new();
-        for (h, v) in headers.iter().zip(rec.iter()) {
-            obj.insert(h.to_string(), Value::String(v.to_string()));
-        }
-        if obj.get("company_id").is_some_and(id_ok) {
-            ok.push(Body {
-                line,
-                text: Value::Object(obj).to_string(),
-            });
-        } else {
-            bad.push(LineProblem {
-                line,
-                reason: "empty company_id".into(),
-            });
-        }
-    }
-    Ok((ok, bad))
 }
 
 /// Keep only bodies that can ever start under the naming template.
@@ -389,6 +282,7 @@ pub async fn enqueue(cfg: &Config, opts: EnqueueOptions) -> Result<EnqueueSummar
             vec![Body { line: 1, text }]
         }
         Input::File(path) => {
+            summary.file = Some(path.display().to_string());
             let (ok, mut bad) = read_file(path)?;
             let ok = check_bodies(&namer, ok, &mut bad);
             summary.invalid = bad;
@@ -466,11 +360,23 @@ mod tests {
     }
 
     #[test]
-    fn jsonl_reports_bad_lines_with_numbers() {
-        let text = "{\"company_id\":\"a\"}\n\nnot json\n[1]\n{\"x\":1}\n{\"company_id\":7}\n";
-        let (ok, bad) = parse_jsonl(text);
-        assert_eq!(ok.iter().map(|b| b.line).collect::<Vec<_>>(), [1, 6]);
-        assert_eq!(bad.iter().map(|b| b.line).collect::<Vec<_>>(), [3, 4, 5]);
+    fn the_summary_names_each_problem_by_file_and_line() {
+        let summary = EnqueueSummary {
+            queue: "bulk".into(),
+            file: Some("refresh.csv".into()),
+            invalid: vec![LineProblem {
+                line: 3,
+                reason: "empty company_id".into(),
+            }],
+            ..EnqueueSummary::default()
+        };
+        assert!(
+            summary
+                .human()
+                .contains("\n  refresh.csv:3: invalid: empty company_id\n"),
+            "{}",
+            summary.human()
+        );
     }
 
     #[test]
