@@ -32,13 +32,28 @@ if ((${#linters[@]})); then
     pip_install "${linters[@]}"
 fi
 
+# Licenses, banned crates (the SDK's legacy HTTP/TLS stack) and sources
+# (deny.toml), by cargo-deny built once into .tools (pinned version).
+# Advisories need the RustSec database from GitHub: not reachable here.
+CARGO_DENY_VERSION=0.20.2
+if [[ ! -x .tools/bin/cargo-deny ]]; then
+    echo "== installing cargo-deny ${CARGO_DENY_VERSION} into .tools"
+    cargo install --quiet --locked cargo-deny --version "${CARGO_DENY_VERSION}" \
+        --root .tools --target-dir .tools/build
+    rm -rf .tools/build
+fi
+
 # --no-fail-fast: one failing suite must not hide the others. The output is
 # kept to close with one total over every suite.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
+echo "== cargo deny check licenses bans sources"
+.tools/bin/cargo-deny check licenses bans sources
+deny_status=$?
 cargo test --release --all-targets --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+((status == 0)) && status=$deny_status
 set -e
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "fanout: %d passed, %d failed\n", p, f }' "$log"

@@ -120,7 +120,7 @@ struct Aws {
 }
 
 async fn clients(endpoint: &str) -> Aws {
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::v2026_01_12())
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .credentials_provider(aws_sdk_sqs::config::Credentials::new(

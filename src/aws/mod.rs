@@ -20,7 +20,9 @@ use crate::ports::PortError;
 
 /// The shared SDK configuration for every client.
 pub async fn sdk_config(aws: &AwsConfig) -> aws_config::SdkConfig {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    // Pinned: an SDK upgrade must not change retry or timeout defaults
+    // unseen (this is what `latest()` was when it was pinned).
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::v2026_01_12());
     if let Some(region) = &aws.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
     }

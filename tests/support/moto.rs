@@ -62,7 +62,7 @@ pub(crate) fn child_env(cmd: &mut Command) -> &mut Command {
 /// An SDK config for `endpoint` with static test credentials (a test
 /// process cannot rely on the default chain finding any).
 pub(crate) async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
+    aws_config::defaults(aws_config::BehaviorVersion::v2026_01_12())
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .credentials_provider(aws_sdk_sqs::config::Credentials::new(
