@@ -308,8 +308,8 @@ pub struct CompletionQueueConfig {
     pub url: String,
 }
 
-/// `[aws]`: where the AWS resources are.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// `[aws]`: where the AWS resources are, and how long a call may take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AwsConfig {
     /// AWS Region; unset: the SDK's chain.
@@ -323,6 +323,40 @@ pub struct AwsConfig {
     /// Endpoint override for CloudWatch alone (GetMetricData and
     /// PutMetricData), over `endpoint_url`.
     pub cloudwatch_endpoint_url: Option<String>,
+    /// Longest one HTTP attempt of an AWS call may take (ReceiveMessage:
+    /// this plus its long-poll wait).
+    pub attempt_timeout_ms: u64,
+    /// Longest an AWS call may take, its SDK retries included
+    /// (ReceiveMessage: this plus its long-poll wait).
+    pub operation_timeout_ms: u64,
+}
+
+impl AwsConfig {
+    /// Every option's default, as documented in `config/fanout.toml`.
+    pub const DEFAULT: Self = Self {
+        region: None,
+        endpoint_url: None,
+        state_machine_arn: String::new(),
+        functions: Vec::new(),
+        cloudwatch_endpoint_url: None,
+        attempt_timeout_ms: 5_000,
+        operation_timeout_ms: 15_000,
+    };
+
+    /// The per-attempt timeout of an AWS call.
+    pub fn attempt_timeout(&self) -> Duration {
+        Duration::from_millis(self.attempt_timeout_ms)
+    }
+    /// The whole-call timeout of an AWS call, retries included.
+    pub fn operation_timeout(&self) -> Duration {
+        Duration::from_millis(self.operation_timeout_ms)
+    }
+}
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 /// `[http]`: `fanout run`'s HTTP server.
@@ -518,7 +552,9 @@ mod tests {
         c.controller.account_limit = None;
         documented("region", "Default: unset");
         documented("functions", "Default: empty");
-        c.aws = AwsConfig::default();
+        c.aws.region = None;
+        c.aws.state_machine_arn.clear();
+        c.aws.functions.clear();
         documented("table", "Default: unset");
         c.coordination.table = None;
         // The queues have no default: the example's are examples.

@@ -86,7 +86,7 @@ pub const RESTART: &[(&str, &str)] = &[
     ("completion_queue", "the completion loop is built at start"),
     (
         "aws",
-        "clients, the state machine and the metric queries are built at start",
+        "clients (their endpoints and call timeouts), the state machine and the metric queries are built at start",
     ),
     ("http", "the listening socket is bound at start"),
     ("metrics", "the CloudWatch publisher is spawned at start"),
@@ -452,6 +452,17 @@ state_machine_arn = "arn:aws:states:us-east-1:1:stateMachine:p"
             panic!("a completion queue was accepted live");
         };
         assert_eq!(fields, ["completion_queue.url"]);
+        // The SDK clients carry their timeouts from the start.
+        let mut slow = old.clone();
+        slow.aws.attempt_timeout_ms = 10_000;
+        slow.aws.operation_timeout_ms = 30_000;
+        let Err(ReloadError::NeedsRestart { fields, .. }) = plan(&old, &slow, "t") else {
+            panic!("new AWS call timeouts were accepted live");
+        };
+        assert_eq!(
+            fields,
+            ["aws.attempt_timeout_ms", "aws.operation_timeout_ms"]
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! task role in production), the region from `[aws] region` or the
 //! environment, and `[aws] endpoint_url` when set (emulators, VPC
 //! endpoints); CloudWatch alone goes to `[aws] cloudwatch_endpoint_url`
-//! when that is set.
+//! when that is set. Every call has `[aws] attempt_timeout_ms` and
+//! `operation_timeout_ms` (the SDK sets only a connect timeout: an
+//! unanswered request would hang its caller).
 
 pub mod claims;
 pub mod cloudwatch;
@@ -12,6 +14,7 @@ pub mod lambda;
 pub mod sfn;
 pub mod sqs;
 
+use aws_config::timeout::TimeoutConfig;
 use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 
@@ -54,27 +57,50 @@ impl Clients {
         Clients::from_sdk_config(&sdk_config(aws).await, aws)
     }
 
-    /// Every client from `c`, CloudWatch's at `aws.cloudwatch_endpoint_url`
-    /// when set. An endpoint set in code (as `[aws] endpoint_url` is) wins
-    /// over the SDK's service-specific `AWS_ENDPOINT_URL_CLOUDWATCH`, so a
-    /// per-service override has to be set here too.
+    /// Every client from `c` with the timeouts of `aws`, CloudWatch's at
+    /// `aws.cloudwatch_endpoint_url` when set. An endpoint set in code (as
+    /// `[aws] endpoint_url` is) wins over the SDK's service-specific
+    /// `AWS_ENDPOINT_URL_CLOUDWATCH`, so a per-service override has to be
+    /// set here too.
     pub fn from_sdk_config(c: &aws_config::SdkConfig, aws: &AwsConfig) -> Clients {
-        let cloudwatch = match &aws.cloudwatch_endpoint_url {
-            Some(url) => aws_sdk_cloudwatch::Client::from_conf(
-                aws_sdk_cloudwatch::config::Builder::from(c)
-                    .endpoint_url(url)
+        let t = timeouts(aws);
+        let mut cloudwatch = aws_sdk_cloudwatch::config::Builder::from(c).timeout_config(t.clone());
+        if let Some(url) = &aws.cloudwatch_endpoint_url {
+            cloudwatch = cloudwatch.endpoint_url(url);
+        }
+        Clients {
+            sqs: aws_sdk_sqs::Client::from_conf(
+                aws_sdk_sqs::config::Builder::from(c)
+                    .timeout_config(t.clone())
                     .build(),
             ),
-            None => aws_sdk_cloudwatch::Client::new(c),
-        };
-        Clients {
-            sqs: aws_sdk_sqs::Client::new(c),
-            sfn: aws_sdk_sfn::Client::new(c),
-            cloudwatch,
-            lambda: aws_sdk_lambda::Client::new(c),
-            dynamodb: aws_sdk_dynamodb::Client::new(c),
+            sfn: aws_sdk_sfn::Client::from_conf(
+                aws_sdk_sfn::config::Builder::from(c)
+                    .timeout_config(t.clone())
+                    .build(),
+            ),
+            cloudwatch: aws_sdk_cloudwatch::Client::from_conf(cloudwatch.build()),
+            lambda: aws_sdk_lambda::Client::from_conf(
+                aws_sdk_lambda::config::Builder::from(c)
+                    .timeout_config(t.clone())
+                    .build(),
+            ),
+            dynamodb: aws_sdk_dynamodb::Client::from_conf(
+                aws_sdk_dynamodb::config::Builder::from(c)
+                    .timeout_config(t)
+                    .build(),
+            ),
         }
     }
+}
+
+/// `[aws]`'s attempt and operation timeouts. The builders merge them over
+/// the SDK config's own, so its 3.1 s connect timeout stays.
+pub fn timeouts(aws: &AwsConfig) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .operation_attempt_timeout(aws.attempt_timeout())
+        .operation_timeout(aws.operation_timeout())
+        .build()
 }
 
 /// Error codes AWS services use to ask callers to slow down. CloudWatch's

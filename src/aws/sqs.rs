@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use aws_config::timeout::TimeoutConfig;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{
     BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
@@ -82,6 +83,17 @@ impl SqsQueue {
         }
     }
 
+    /// The client's timeouts with a long poll's `wait` on top of the
+    /// attempt and operation timeouts: SQS holds the request that long
+    /// before it answers an empty queue, which is no hang.
+    fn long_poll_timeouts(&self, wait: Duration) -> Option<TimeoutConfig> {
+        let base = self.client.config().timeout_config()?;
+        let mut t = base.to_builder();
+        t.set_operation_attempt_timeout(base.operation_attempt_timeout().map(|d| d + wait));
+        t.set_operation_timeout(base.operation_timeout().map(|d| d + wait));
+        Some(t.build())
+    }
+
     /// Visible, in-flight and delayed counts (approximate, as SQS says).
     pub async fn depth(&self) -> Result<Depth, SqsError> {
         let out = self
@@ -126,6 +138,9 @@ fn entry_failures(failed: &[BatchResultErrorEntry]) -> Vec<EntryFailure> {
         .collect()
 }
 
+/// The longest long poll SQS allows.
+const MAX_WAIT_SECS: i32 = 20;
+
 fn secs_i32(d: Duration) -> i32 {
     d.as_secs().min(i32::MAX as u64) as i32
 }
@@ -137,17 +152,27 @@ impl WorkQueue for SqsQueue {
         visibility: Duration,
         wait: Duration,
     ) -> Result<Vec<Message>, PortError> {
-        let out = self
+        let wait_s = secs_i32(wait).min(MAX_WAIT_SECS);
+        let request = self
             .client
             .receive_message()
             .queue_url(&self.url)
             .max_number_of_messages(i32::try_from(max.clamp(1, 10)).unwrap_or(10))
             .visibility_timeout(secs_i32(visibility))
-            .wait_time_seconds(secs_i32(wait).min(20))
-            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-            .send()
-            .await
-            .map_err(|e| classify(SERVICE, &e))?;
+            .wait_time_seconds(wait_s)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount);
+        let wait = Duration::from_secs(u64::from(wait_s.unsigned_abs()));
+        let out = match self.long_poll_timeouts(wait) {
+            Some(t) => {
+                request
+                    .customize()
+                    .config_override(aws_sdk_sqs::config::Builder::default().timeout_config(t))
+                    .send()
+                    .await
+            }
+            None => request.send().await,
+        }
+        .map_err(|e| classify(SERVICE, &e))?;
         Ok(out
             .messages()
             .iter()

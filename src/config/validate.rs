@@ -366,6 +366,17 @@ fn aws(a: &AwsConfig, p: &mut Problems) {
             );
         }
     }
+    p.at_least_one("aws.attempt_timeout_ms", a.attempt_timeout_ms);
+    p.at_least_one("aws.operation_timeout_ms", a.operation_timeout_ms);
+    if a.operation_timeout_ms < a.attempt_timeout_ms {
+        p.bad(
+            "aws.operation_timeout_ms",
+            format!(
+                "{} is below aws.attempt_timeout_ms ({}): a call could never finish its first attempt; raise it or lower the attempt timeout",
+                a.operation_timeout_ms, a.attempt_timeout_ms
+            ),
+        );
+    }
 }
 
 fn is_http_url(url: &str) -> bool {
@@ -561,6 +572,30 @@ name = "bulk"
         }
         let cfg: Config = toml::from_str("[aws]\nendpoint_url = \"moto\"\n").unwrap();
         assert_eq!(cfg.validate()[0].field, "aws.endpoint_url");
+    }
+
+    #[test]
+    fn aws_timeouts_must_be_positive_and_the_call_at_least_one_attempt() {
+        let check = |attempt: u64, operation: u64| {
+            let text = format!(
+                "[aws]\nattempt_timeout_ms = {attempt}\noperation_timeout_ms = {operation}\n"
+            );
+            let cfg: Config = toml::from_str(&text).unwrap();
+            cfg.validate()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(check(300, 300), Vec::<String>::new());
+        assert_eq!(check(0, 1), ["aws.attempt_timeout_ms: must be at least 1"]);
+        let shown = check(2000, 500);
+        assert_eq!(shown.len(), 1, "{shown:?}");
+        assert!(
+            shown[0].starts_with(
+                "aws.operation_timeout_ms: 500 is below aws.attempt_timeout_ms (2000)"
+            ),
+            "{shown:?}"
+        );
     }
 
     /// Every check of `[controller]` still fires, in field order.
