@@ -20,9 +20,9 @@ use crate::aws::Clients;
 use crate::aws::sqs::SqsQueue;
 use crate::config::Config;
 use crate::control::naming::{Namer, TemplateError};
-use crate::ports::{OutgoingMessage, WorkQueue};
+use crate::ports::{OutgoingMessage, WorkQueue, send_batches};
 
-/// Batches of 10 in flight at once.
+/// SendMessageBatch calls in flight at once.
 const BATCHES_IN_FLIGHT: usize = 8;
 const ATTEMPTS: u32 = 3;
 
@@ -208,7 +208,8 @@ pub fn check_bodies(namer: &Namer, bodies: Vec<Body>, bad: &mut Vec<LineProblem>
         .collect()
 }
 
-/// Send one batch (≤ 10), retrying failed entries; returns the failures.
+/// Send one batch (as `send_batches` packs them), retrying failed
+/// entries; returns the failures.
 async fn send_batch_retrying(q: &SqsQueue, batch: &[Body]) -> Vec<LineProblem> {
     let mut pending: Vec<&Body> = batch.iter().collect();
     let mut failed = Vec::new();
@@ -320,7 +321,9 @@ pub async fn enqueue(cfg: &Config, opts: EnqueueOptions) -> Result<EnqueueSummar
         );
         b
     });
-    let mut results = futures::stream::iter(bodies.chunks(10))
+    // Ten 256 KiB bodies are over SendMessageBatch's 1 MiB: packed by size.
+    let batches = send_batches(bodies.iter().map(|b| b.text.len()));
+    let mut results = futures::stream::iter(batches.into_iter().map(|r| &bodies[r]))
         .map(|batch| {
             let q = &q;
             async move { (batch.len(), send_batch_retrying(q, batch).await) }

@@ -1,6 +1,6 @@
 //! Settling messages in hand: delete the started ones (along the delete
 //! linger), move unstartable ones to their DLQ with the reason, hand the
-//! rest back; all in batches of ten.
+//! rest back; in batches of ten (DLQ moves also at most 1 MiB a batch).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use crate::control::pacing::Backoff;
 use crate::control::receive::BATCH;
 use crate::metrics::Counter;
 use crate::ports::{
-    ConcurrencyMetrics, Executions, Message, MetricsSink, OutgoingMessage, WorkQueue,
+    ConcurrencyMetrics, Executions, Message, MetricsSink, OutgoingMessage, WorkQueue, send_batches,
 };
 
 /// Attribute carrying the reason a message was dead-lettered.
@@ -24,6 +24,19 @@ pub const REASON_ATTRIBUTE: &str = "fanout-reason";
 pub const REASON_CODE_ATTRIBUTE: &str = "fanout-reason-code";
 /// Attribute carrying the original MessageId of a dead-lettered message.
 pub const SOURCE_ID_ATTRIBUTE: &str = "fanout-source-message-id";
+
+/// The DLQ copy of an unstartable message, with its reason.
+fn dead_letter_message((m, why): &(Message, Unstartable)) -> OutgoingMessage {
+    OutgoingMessage {
+        body: m.body.clone(),
+        delay: Duration::ZERO,
+        attributes: vec![
+            (REASON_ATTRIBUTE.to_string(), why.to_string()),
+            (REASON_CODE_ATTRIBUTE.to_string(), why.code().to_string()),
+            (SOURCE_ID_ATTRIBUTE.to_string(), m.id.clone()),
+        ],
+    }
+}
 
 /// Attempts of one delete batch.
 const DELETE_ATTEMPTS: u32 = 3;
@@ -65,8 +78,10 @@ where
             }
         }
         for (src, items) in dead.into_iter().enumerate() {
-            for chunk in items.chunks(BATCH) {
-                let receipts = self.dead_letter(src, chunk).await;
+            let out: Vec<OutgoingMessage> = items.iter().map(dead_letter_message).collect();
+            // Packed by size: unstartable bodies are often large ones.
+            for r in send_batches(out.iter().map(OutgoingMessage::size)) {
+                let receipts = self.dead_letter(src, &items[r.clone()], &out[r]).await;
                 delete[src].extend(receipts);
             }
         }
@@ -112,27 +127,20 @@ where
         }
     }
 
-    /// Move unstartable messages to the DLQ with their reason; returns the
-    /// receipts now safe to delete from the source.
-    async fn dead_letter(&self, src: usize, items: &[(Message, Unstartable)]) -> Vec<String> {
+    /// Move unstartable messages (`out`, one batch) to the DLQ with their
+    /// reason; returns the receipts now safe to delete from the source.
+    async fn dead_letter(
+        &self,
+        src: usize,
+        items: &[(Message, Unstartable)],
+        out: &[OutgoingMessage],
+    ) -> Vec<String> {
         let s = &self.b.sources[src];
-        let out: Vec<OutgoingMessage> = items
-            .iter()
-            .map(|(m, why)| {
-                warn!(queue = %s.name, message_id = %m.id, reason = %why,
-                    "message can never start; moving it to the dead-letter queue");
-                OutgoingMessage {
-                    body: m.body.clone(),
-                    delay: Duration::ZERO,
-                    attributes: vec![
-                        (REASON_ATTRIBUTE.to_string(), why.to_string()),
-                        (REASON_CODE_ATTRIBUTE.to_string(), why.code().to_string()),
-                        (SOURCE_ID_ATTRIBUTE.to_string(), m.id.clone()),
-                    ],
-                }
-            })
-            .collect();
-        let failed: HashSet<usize> = match s.dlq.send_batch(&out).await {
+        for (m, why) in items {
+            warn!(queue = %s.name, message_id = %m.id, reason = %why,
+                "message can never start; moving it to the dead-letter queue");
+        }
+        let failed: HashSet<usize> = match s.dlq.send_batch(out).await {
             Ok(f) => f.into_iter().map(|f| f.index).collect(),
             Err(e) => {
                 warn!(queue = %s.name, error = %e, "could not reach the dead-letter queue; messages stay in the source");
