@@ -124,11 +124,14 @@ pub enum Counter {
     LambdaThrottledMinutes,
     /// Failed reads or writes of the k̂ remembered with the state machine.
     RememberErrors,
+    /// Messages on the completion queue that were not a status change of
+    /// this state machine (deleted, nothing freed).
+    StrayEvents,
 }
 
 impl Counter {
     /// Every counter, in the order they are rendered.
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 17] = [
         Counter::Starts,
         Counter::AlreadyExisted,
         Counter::Deletes,
@@ -145,6 +148,7 @@ impl Counter {
         Counter::MetricErrors,
         Counter::LambdaThrottledMinutes,
         Counter::RememberErrors,
+        Counter::StrayEvents,
     ];
 
     /// The exported name, without the `fanout_` prefix and `_total` suffix.
@@ -166,6 +170,7 @@ impl Counter {
             Counter::MetricErrors => "metric_errors",
             Counter::LambdaThrottledMinutes => "lambda_throttled_minutes",
             Counter::RememberErrors => "remember_errors",
+            Counter::StrayEvents => "stray_completion_events",
         }
     }
 
@@ -193,6 +198,9 @@ impl Counter {
             }
             Counter::RememberErrors => {
                 "Failed reads or writes of the width remembered with the state machine."
+            }
+            Counter::StrayEvents => {
+                "Completion-queue messages that were not this state machine's status changes (deleted, nothing freed)."
             }
         }
     }

@@ -7,7 +7,10 @@ mod support;
 use std::time::Duration;
 
 use fanout::config::Config;
+use fanout::control::Policy;
+use fanout::controller::Controller;
 use support::{Call, Fake, Logged, Reply, id_of, run_for};
+use tokio::sync::watch;
 
 fn config() -> Config {
     let mut c = Config::default();
@@ -168,4 +171,76 @@ async fn the_priority_queue_is_served_first_while_it_has_messages() {
     let from_priority: usize = receives[..first_short].iter().map(|&(_, _, got)| got).sum();
     assert!(from_priority > 150, "{receives:?}");
     assert_eq!((fake.left("priority"), fake.left("bulk")), (0, 0));
+}
+
+const ARN: &str = "arn:aws:states:us-east-1:123456789012:stateMachine:company-pipeline";
+const DETAIL_TYPE: &str = "Step Functions Execution Status Change";
+
+/// An EventBridge status-change event of execution `name`, SUCCEEDED.
+fn event(source: &str, detail_type: &str, arn: Option<&str>, name: &str) -> String {
+    let arn = arn.map_or(String::new(), |a| format!(r#""stateMachineArn":"{a}","#));
+    format!(
+        r#"{{"source":"{source}","detail-type":"{detail_type}","detail":{{{arn}"name":"{name}","status":"SUCCEEDED"}}}}"#
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_this_state_machines_completion_events_free_capacity() {
+    let fake = Fake::new();
+    fake.fill("work", "m", 2);
+    let mut cfg = config();
+    cfg.aws.state_machine_arn = ARN.into();
+    // Only the first reconcile: what frees capacity here is the events.
+    cfg.controller.reconcile_interval_secs = 3600;
+    let mut b = fake.backends(&["work"]);
+    b.completions = Some(fake.queue("events"));
+    let ctl = Controller::new(cfg, Policy::Adaptive, b, 1).unwrap();
+    let snap = ctl.subscribe();
+    let (tx, rx) = watch::channel(false);
+    let other = ARN.replace("company-pipeline", "someone-else");
+    let strays = [
+        event("aws.states", DETAIL_TYPE, Some(&other), "m-0"),
+        event("my.app", DETAIL_TYPE, Some(ARN), "m-1"),
+        event(
+            "aws.states",
+            "Step Functions State Machine Change",
+            Some(ARN),
+            "m-0",
+        ),
+        event("aws.states", DETAIL_TYPE, None, "m-1"),
+        "not json".to_string(),
+    ];
+    let script = async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let before = snap.borrow().running;
+        for (i, body) in strays.iter().enumerate() {
+            fake.put("events", &format!("stray-{i}"), body);
+        }
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let after_strays = snap.borrow().running;
+        fake.put(
+            "events",
+            "genuine",
+            &event("aws.states", DETAIL_TYPE, Some(ARN), "m-0"),
+        );
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let after_genuine = snap.borrow().running;
+        tx.send_replace(true);
+        (before, after_strays, after_genuine)
+    };
+    let (_, (before, after_strays, after_genuine)) = tokio::join!(ctl.run(rx), script);
+    assert_eq!(before, 2, "both messages started");
+    assert_eq!(
+        after_strays, 2,
+        "events of another state machine, source or kind freed capacity"
+    );
+    assert_eq!(
+        after_genuine, 1,
+        "this state machine's event frees its execution"
+    );
+    assert_eq!(
+        fake.left("events"),
+        0,
+        "every event is deleted, stray or not"
+    );
 }

@@ -44,7 +44,7 @@ use crate::metrics::{Counter, Gauge};
 use crate::ports::{ClaimStore, ConcurrencyMetrics, Executions, MetricsSink, WorkQueue};
 use crate::reload::{Change, ReloadError};
 
-pub use completions::parse_status_event;
+pub use completions::{EVENT_DETAIL_TYPE, EVENT_SOURCE, StrayEvent, parse_status_event};
 pub use settle::{REASON_ATTRIBUTE, REASON_CODE_ATTRIBUTE, SOURCE_ID_ATTRIBUTE};
 
 /// Why a controller cannot be built.

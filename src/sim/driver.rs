@@ -13,7 +13,9 @@ use crate::ports::NoMetrics;
 use crate::sim::ports::{Shared, SimClaims, SimExecutions, SimMetrics, SimQueue};
 use crate::sim::report::{Report, Timeline};
 use crate::sim::scenario::Scenario;
-use crate::sim::world::{BULK, BULK_DLQ, COMPLETIONS, PRIORITY, PRIORITY_DLQ, World};
+use crate::sim::world::{
+    BULK, BULK_DLQ, COMPLETIONS, PRIORITY, PRIORITY_DLQ, STATE_MACHINE_ARN, World,
+};
 
 /// What to simulate and with which controller.
 pub struct SimOptions {
@@ -98,6 +100,14 @@ pub fn run_with_timeline(opts: SimOptions) -> Result<(Report, Timeline), Control
     rt.block_on(simulate(opts))
 }
 
+/// A controller's config: `config` on the simulated state machine, whose
+/// completion events are the only ones the controller accepts.
+fn controller_config(config: &Config) -> Config {
+    let mut c = config.clone();
+    c.aws.state_machine_arn = STATE_MACHINE_ARN.to_string();
+    c
+}
+
 /// Run a simulation; the caller's runtime must have its clock paused.
 pub async fn simulate(opts: SimOptions) -> Result<(Report, Timeline), ControllerError> {
     let wall = std::time::Instant::now();
@@ -118,7 +128,7 @@ pub async fn simulate(opts: SimOptions) -> Result<(Report, Timeline), Controller
             let mut b = backends(&shared, sc);
             b.claims = claims(&opts, &store, &format!("life-{lives}"));
             let ctl = Controller::new(
-                opts.config.clone(),
+                controller_config(&opts.config),
                 opts.policy,
                 b,
                 opts.seed.wrapping_add(u64::from(lives)),
@@ -171,7 +181,7 @@ pub async fn simulate(opts: SimOptions) -> Result<(Report, Timeline), Controller
         let mut b = backends(&shared, sc);
         b.claims = claims(&opts, &store, "replica");
         match Controller::new(
-            opts.config.clone(),
+            controller_config(&opts.config),
             opts.policy,
             b,
             opts.seed ^ 0x5eed_2e91_1ca0,

@@ -124,6 +124,22 @@ impl Fake {
         }));
     }
 
+    /// Put one message `id` with `body` on `queue`.
+    pub(crate) fn put(&self, queue: &str, id: &str, body: &str) {
+        let now = Instant::now();
+        let mut inner = self.inner();
+        inner
+            .queues
+            .entry(queue.to_string())
+            .or_default()
+            .push(Stored {
+                id: id.to_string(),
+                body: body.to_string(),
+                visible_at: now,
+                receives: 0,
+            });
+    }
+
     /// StartExecution of `name` answers `replies` in turn, then the default.
     pub(crate) fn script(&self, name: &str, replies: &[Reply]) {
         self.inner()

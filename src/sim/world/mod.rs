@@ -30,6 +30,11 @@ use lambda::Lambda;
 use sfn::{Sfn, Start};
 use sqs::Sqs;
 
+/// The simulated state machine's ARN: its completion events carry it, and
+/// the driver sets it as the controllers' `aws.state_machine_arn` (the
+/// simulator ignores the rest of `[aws]`).
+pub const STATE_MACHINE_ARN: &str = "arn:aws:states:us-east-1:000000000000:stateMachine:simulated";
+
 /// The priority work queue.
 pub const PRIORITY: usize = 0;
 /// The bulk work queue.

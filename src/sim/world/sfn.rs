@@ -238,8 +238,10 @@ impl Sfn {
             ExecStatus::Running => "RUNNING",
         };
         format!(
-            r#"{{"source":"aws.states","detail-type":"Step Functions Execution Status Change","detail":{{"name":"{}","status":"{}"}}}}"#,
-            ex.name, status
+            r#"{{"source":"aws.states","detail-type":"Step Functions Execution Status Change","detail":{{"stateMachineArn":"{}","name":"{}","status":"{}"}}}}"#,
+            super::STATE_MACHINE_ARN,
+            ex.name,
+            status
         )
     }
 
@@ -362,6 +364,22 @@ mod tests {
             s.list_running(Some(t1), 4.0),
             Err(PortError::Permanent { code, .. }) if code == "InvalidToken"
         ));
+    }
+
+    /// The controller accepts the simulated events (and only its state
+    /// machine's).
+    #[test]
+    fn status_change_events_are_the_simulated_state_machines() {
+        let mut s = sfn(0.0, PLENTY);
+        s.start("a", 1, None, 0.0).unwrap();
+        s.close(0, ExecStatus::Succeeded, 5.0);
+        let event = s.status_change_event(0);
+        let parse = crate::controller::parse_status_event;
+        assert_eq!(
+            parse(&event, super::super::STATE_MACHINE_ARN),
+            Ok(("a".to_string(), "SUCCEEDED".to_string()))
+        );
+        assert!(parse(&event, "arn:aws:states:us-east-1:1:stateMachine:other").is_err());
     }
 
     #[test]
