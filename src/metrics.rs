@@ -98,7 +98,7 @@ pub enum Counter {
     AlreadyExisted,
     /// Messages deleted after their start was confirmed.
     Deletes,
-    /// Unstartable messages moved to a DLQ.
+    /// Messages moved to a DLQ with a reason.
     DeadLettered,
     /// Messages handed back to their queue at once.
     Released,
@@ -127,11 +127,17 @@ pub enum Counter {
     /// Messages on the completion queue that were not a status change of
     /// this state machine (deleted, nothing freed).
     StrayEvents,
+    /// Messages whose execution name was taken by an execution with other
+    /// input (moved to the DLQ as `name_collision`).
+    NameCollisions,
+    /// DescribeExecution calls after ExecutionAlreadyExists that failed
+    /// (the start is retried).
+    DescribeErrors,
 }
 
 impl Counter {
     /// Every counter, in the order they are rendered.
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 19] = [
         Counter::Starts,
         Counter::AlreadyExisted,
         Counter::Deletes,
@@ -149,6 +155,8 @@ impl Counter {
         Counter::LambdaThrottledMinutes,
         Counter::RememberErrors,
         Counter::StrayEvents,
+        Counter::NameCollisions,
+        Counter::DescribeErrors,
     ];
 
     /// The exported name, without the `fanout_` prefix and `_total` suffix.
@@ -171,6 +179,8 @@ impl Counter {
             Counter::LambdaThrottledMinutes => "lambda_throttled_minutes",
             Counter::RememberErrors => "remember_errors",
             Counter::StrayEvents => "stray_completion_events",
+            Counter::NameCollisions => "name_collisions",
+            Counter::DescribeErrors => "describe_errors",
         }
     }
 
@@ -180,7 +190,7 @@ impl Counter {
             Counter::Starts => "Executions started.",
             Counter::AlreadyExisted => "Starts answered ExecutionAlreadyExists.",
             Counter::Deletes => "Messages deleted after their start was confirmed.",
-            Counter::DeadLettered => "Unstartable messages moved to a DLQ.",
+            Counter::DeadLettered => "Messages moved to a DLQ with a reason.",
             Counter::Released => "Messages handed back to their queue.",
             Counter::Requeued => "Messages handed back with a delay.",
             Counter::StartThrottles => "StartExecution calls throttled.",
@@ -201,6 +211,12 @@ impl Counter {
             }
             Counter::StrayEvents => {
                 "Completion-queue messages that were not this state machine's status changes (deleted, nothing freed)."
+            }
+            Counter::NameCollisions => {
+                "Messages whose execution name was taken by an execution with other input (moved to the DLQ as name_collision)."
+            }
+            Counter::DescribeErrors => {
+                "DescribeExecution calls after ExecutionAlreadyExists that failed (the start is retried)."
             }
         }
     }

@@ -163,8 +163,9 @@ pub enum StartOutcome {
     /// Started now, or the same name and input was already running
     /// (Standard workflows return the original execution).
     Started,
-    /// `ExecutionAlreadyExists`: this name was used before. For a
-    /// deterministic name that means this message was already started.
+    /// `ExecutionAlreadyExists`: this name was used before, by an
+    /// execution that closed or one with other input; `input_matches`
+    /// tells whether it was this message.
     AlreadyExists,
 }
 
@@ -185,6 +186,15 @@ pub trait Executions: Send + Sync {
         name: &str,
         input: &str,
     ) -> impl Future<Output = Result<StartOutcome, PortError>> + Send;
+
+    /// DescribeExecution of the execution named `name`: whether it was
+    /// started with `input` (`ExecutionAlreadyExists` says only that the
+    /// name is taken, by this message or by another one).
+    fn input_matches(
+        &self,
+        name: &str,
+        input: &str,
+    ) -> impl Future<Output = Result<bool, PortError>> + Send;
 
     /// One page (up to 1,000) of RUNNING executions.
     fn list_running(

@@ -309,3 +309,28 @@ async fn a_reloaded_ceiling_is_followed_down_and_up_without_loss() {
     assert_eq!(duplicates, 0);
     assert!(w.origins.iter().all(|o| o.deleted == (o.executions > 0)));
 }
+
+#[test]
+fn a_second_body_under_a_used_name_goes_to_the_dlq_as_a_collision() {
+    // Under a {company_id} template a second update of one company gets
+    // the first one's name: Step Functions answers ExecutionAlreadyExists,
+    // which must not read as "already started" when the input differs.
+    let sc = scenario("[workload]\nbulk = 300\nsame_company = 4\n");
+    let mut cfg = config(300);
+    cfg.naming.template = "{company_id}".into();
+    let r = fanout::sim::run(SimOptions {
+        scenario: sc,
+        config: cfg,
+        policy: Policy::Adaptive,
+        seed: 3,
+        progress: false,
+    })
+    .unwrap();
+    assert_eq!(r.started, 300, "every company ran once: {r:?}");
+    assert_eq!(
+        r.dead_letter_reasons.get("name_collision"),
+        Some(&4),
+        "{r:?}"
+    );
+    assert_eq!((r.lost, r.dlq, r.deleted_without_start), (0, 4, 0), "{r:?}");
+}

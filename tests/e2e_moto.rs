@@ -709,6 +709,79 @@ async fn bad_input_goes_to_the_dlq_with_its_reason() {
     }
 }
 
+/// Under a `{company_id}` template: ids that sanitize alike still get an
+/// execution each; a second body under a taken name goes to the DLQ as
+/// `name_collision` (moto answers ExecutionAlreadyExists for it), and a
+/// re-sent copy of a finished message is recognised as started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_name_with_other_input_goes_to_the_dlq_and_a_copy_is_done() {
+    let env = Env::new(30).await;
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let text = text.replace("co-{company_id}-{hash}", "{company_id}");
+    std::fs::write(&env.config, text).unwrap();
+    let first = r#"{"company_id":"dup","v":1}"#;
+    env.send_raw(&env.bulk, first).await;
+    env.send_raw(&env.bulk, r#"{"company_id":"acme/eu"}"#).await;
+    env.send_raw(&env.bulk, r#"{"company_id":"acme.eu"}"#).await;
+    let mut ctl = env.start("collide");
+    ctl.wait_for(
+        Duration::from_secs(30),
+        || "dup never finished".into(),
+        async || {
+            env.executions()
+                .await
+                .get("dup")
+                .is_some_and(|e| e.0 == ExecutionStatus::Succeeded)
+        },
+    )
+    .await;
+    let second = env
+        .send_raw(&env.bulk, r#"{"company_id":"dup","v":2}"#)
+        .await;
+    let copy = env.send_raw(&env.bulk, first).await;
+    ctl.wait_for(
+        Duration::from_secs(30),
+        || "the DLQ never got the second body".into(),
+        async || env.depth(&env.bulk_dlq).await.0 >= 1,
+    )
+    .await;
+    ctl.wait_for(
+        Duration::from_secs(30),
+        || "the bulk queue never drained".into(),
+        async || env.depth(&env.bulk).await == (0, 0),
+    )
+    .await;
+    let names: Vec<String> = env.executions().await.into_keys().collect();
+    assert_eq!(
+        names.len(),
+        3,
+        "acme/eu and acme.eu must both run: {names:?}"
+    );
+    assert!(names.iter().filter(|n| n.starts_with("acme-eu-")).count() == 2);
+    let dead = env.drain(&env.bulk_dlq).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let attrs = &dead[0].1;
+    assert_eq!(attrs["fanout-reason-code"], "name_collision");
+    assert_eq!(attrs["fanout-source-message-id"], second);
+    assert!(
+        attrs["fanout-reason"].contains("naming.template"),
+        "{attrs:?}"
+    );
+    let log = ctl.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&second) && l.contains("name_collision")),
+        "no log line names {second}:\n{log}"
+    );
+    assert!(
+        !log.lines().any(|l| l.contains(&copy) && l.contains("WARN")),
+        "{log}"
+    );
+    let port = env.http_port;
+    assert_eq!(metric(port, "fanout_name_collisions_total"), Some(1.0));
+    assert_eq!(metric(port, "fanout_already_existed_total"), Some(1.0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_zero_in_time_and_hands_back_messages() {
     let env = Env::new(60).await;
@@ -851,6 +924,23 @@ async fn adapters_map_counts_entries_and_errors() {
     );
     let again = sfn.start("once", r#"{"other":1}"#).await.unwrap();
     assert_eq!(again, StartOutcome::AlreadyExists);
+    // moto, like Step Functions, answers the same name and input while
+    // running with the original execution, other input with AlreadyExists;
+    // DescribeExecution tells the two apart.
+    assert_eq!(
+        sfn.start("once", "{}").await.unwrap(),
+        StartOutcome::Started
+    );
+    assert!(sfn.input_matches("once", "{}").await.unwrap());
+    assert!(
+        sfn.input_matches("once", " { } ").await.unwrap(),
+        "the same JSON"
+    );
+    assert!(!sfn.input_matches("once", r#"{"other":1}"#).await.unwrap());
+    match sfn.input_matches("never-started", "{}").await {
+        Err(PortError::Permanent { code, .. }) => assert_eq!(code, "ExecutionDoesNotExist"),
+        other => panic!("{other:?}"),
+    }
     let page = sfn.list_running(None).await.unwrap();
     assert_eq!(page.names, ["once"]);
     let missing = SfnExecutions::new(

@@ -5,6 +5,7 @@ use aws_sdk_sfn::types::{ExecutionStatus, Tag};
 
 use super::classify;
 use crate::control::naming::short_hash;
+use crate::control::refusal::same_input;
 use crate::ports::{ExecutionPage, Executions, PortError, StartOutcome};
 
 const SERVICE: &str = "states";
@@ -25,6 +26,24 @@ fn parse_tag_value(value: &str, def: &str) -> Option<f64> {
         return None;
     }
     k.parse::<f64>().ok().filter(|k| k.is_finite() && *k > 0.0)
+}
+
+/// The ARN of execution `name` of the state machine `state_machine_arn`:
+/// `arn:PARTITION:states:REGION:ACCOUNT:execution:SM_NAME:NAME` (a version
+/// or alias qualifier of the state machine is not part of it).
+fn execution_arn(state_machine_arn: &str, name: &str) -> String {
+    let parts: Vec<&str> = state_machine_arn.split(':').collect();
+    match parts.as_slice() {
+        [prefix @ .., "stateMachine", sm] | [prefix @ .., "stateMachine", sm, _]
+            if prefix.len() == 5 =>
+        {
+            format!("{}:execution:{sm}:{name}", prefix.join(":"))
+        }
+        _ => format!(
+            "{}:{name}",
+            state_machine_arn.replacen(":stateMachine:", ":execution:", 1)
+        ),
+    }
 }
 
 /// Why counting running executions failed.
@@ -116,6 +135,25 @@ impl Executions for SfnExecutions {
         }
     }
 
+    async fn input_matches(&self, name: &str, input: &str) -> Result<bool, PortError> {
+        let out = self
+            .client
+            .describe_execution()
+            .execution_arn(execution_arn(&self.arn, name))
+            .send()
+            .await
+            .map_err(|e| classify(SERVICE, &e))?;
+        match out.input() {
+            Some(have) => Ok(same_input(have, input)),
+            // Only when asked for metadata alone; not telling is not "no".
+            None => Err(PortError::Transient {
+                service: SERVICE,
+                code: "NoInput".into(),
+                message: format!("DescribeExecution of {name} returned no input"),
+            }),
+        }
+    }
+
     async fn definition(&self) -> Result<Option<String>, PortError> {
         self.describe_definition().await.map(Some)
     }
@@ -178,6 +216,24 @@ impl Executions for SfnExecutions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_execution_arn_is_built_from_the_state_machine_arn() {
+        let sm = "arn:aws:states:eu-west-1:123456789012:stateMachine:pipeline";
+        assert_eq!(
+            execution_arn(sm, "c-1"),
+            "arn:aws:states:eu-west-1:123456789012:execution:pipeline:c-1"
+        );
+        assert_eq!(
+            execution_arn(&format!("{sm}:7"), "c-1"),
+            "arn:aws:states:eu-west-1:123456789012:execution:pipeline:c-1",
+            "a version's executions are the state machine's"
+        );
+        assert_eq!(
+            execution_arn("arn:aws-cn:states:cn-north-1:1:stateMachine:p", "x"),
+            "arn:aws-cn:states:cn-north-1:1:execution:p:x"
+        );
+    }
 
     #[test]
     fn a_tag_is_read_back_only_for_the_definition_it_was_written_for() {

@@ -13,5 +13,6 @@ pub mod naming;
 pub mod pacing;
 pub mod policy;
 pub mod receive;
+pub mod refusal;
 
 pub use policy::Policy;

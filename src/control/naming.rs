@@ -127,13 +127,17 @@ impl Namer {
         let json: serde_json::Value =
             serde_json::from_str(body).map_err(|e| Unstartable::NotJson(e.to_string()))?;
         let mut raw = String::new();
+        let mut empty_field = false;
         for part in &self.parts {
             match part {
                 Part::Literal(s) => raw.push_str(s),
                 Part::MessageId => raw.push_str(message_id),
                 Part::Hash => raw.push_str(&short_hash(body)),
                 Part::Field(f) => match json.get(f) {
-                    Some(serde_json::Value::String(s)) => raw.push_str(s),
+                    Some(serde_json::Value::String(s)) => {
+                        empty_field |= s.is_empty();
+                        raw.push_str(s);
+                    }
                     Some(serde_json::Value::Null) | None => {
                         return Err(Unstartable::MissingField(f.clone()));
                     }
@@ -144,6 +148,11 @@ impl Namer {
             }
         }
         debug_assert!(self.needs_json() || !raw.is_empty());
+        if empty_field {
+            // Every message with that field empty renders alike: tell
+            // them apart by the body, which a re-sent copy shares.
+            return Ok(fit(&raw, &format!("{raw}\u{0}{body}"), true));
+        }
         Ok(sanitize(&raw))
     }
 }
@@ -160,9 +169,17 @@ pub fn short_hash(text: &str) -> String {
 }
 
 /// Keep `0-9 A-Z a-z - _` (what Step Functions and CloudWatch both accept),
-/// map everything else to '-', and fit 80 characters. A shortened name
-/// ends in a hash of the full one so two long names stay distinct.
+/// map everything else to '-', and fit 80 characters. A name that had to
+/// change ends in a hash of the raw one, so `acme/eu`, `acme.eu` and
+/// `acme eu` (or two long names) stay three names: a shared name would
+/// make the second message look already started.
 pub fn sanitize(raw: &str) -> String {
+    fit(raw, raw, false)
+}
+
+/// `raw` as a valid name; `key` (what the name must tell apart) is hashed
+/// onto it when `raw` had to change or `force_hash` is set.
+fn fit(raw: &str, key: &str, force_hash: bool) -> String {
     let clean: String = raw
         .chars()
         .map(|c| {
@@ -173,14 +190,14 @@ pub fn sanitize(raw: &str) -> String {
             }
         })
         .collect();
-    if clean.is_empty() {
-        return short_hash(raw);
-    }
-    if clean.len() <= MAX_NAME_LEN {
+    if !force_hash && clean == raw && clean.len() <= MAX_NAME_LEN {
         return clean;
     }
-    let suffix = short_hash(raw);
-    let keep = MAX_NAME_LEN - suffix.len() - 1;
+    let suffix = short_hash(key);
+    if clean.is_empty() {
+        return suffix;
+    }
+    let keep = clean.len().min(MAX_NAME_LEN - suffix.len() - 1);
     format!("{}-{}", &clean[..keep], suffix)
 }
 
@@ -240,6 +257,48 @@ mod tests {
         assert_eq!(a.len(), MAX_NAME_LEN);
         assert_eq!(b.len(), MAX_NAME_LEN);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn names_that_sanitize_alike_stay_distinct() {
+        let n = Namer::new("{company_id}").unwrap();
+        let name = |id: &str| n.name("m", &format!(r#"{{"company_id":"{id}"}}"#)).unwrap();
+        let names: Vec<String> = ["acme/eu", "acme.eu", "acme eu", "acme-eu"]
+            .iter()
+            .map(|id| name(id))
+            .collect();
+        for (i, a) in names.iter().enumerate() {
+            assert!(a.len() <= MAX_NAME_LEN, "{a}");
+            assert!(
+                a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            );
+            for b in &names[i + 1..] {
+                assert_ne!(a, b, "two companies, one execution name");
+            }
+        }
+        assert_eq!(names[3], "acme-eu", "a name already clean is unchanged");
+        assert!(
+            names[0].starts_with("acme-eu-"),
+            "still readable: {}",
+            names[0]
+        );
+        assert_eq!(name("acme/eu"), names[0], "deterministic");
+        let long = name(&format!("{}/x", "a".repeat(100)));
+        let long2 = name(&format!("{}.x", "a".repeat(100)));
+        assert_eq!((long.len(), long2.len()), (MAX_NAME_LEN, MAX_NAME_LEN));
+        assert_ne!(long, long2);
+        // An empty field names the body, not nothing: two companies sent
+        // without an id are two executions, a re-sent copy the same one.
+        let a = n.name("m1", r#"{"company_id":"","v":1}"#).unwrap();
+        let b = n.name("m2", r#"{"company_id":"","v":2}"#).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a, n.name("m3", r#"{"company_id":"","v":1}"#).unwrap());
+        let p = Namer::new("co-{company_id}").unwrap();
+        assert_ne!(
+            p.name("m", r#"{"company_id":"","v":1}"#).unwrap(),
+            p.name("m", r#"{"company_id":"","v":2}"#).unwrap()
+        );
     }
 
     #[test]

@@ -9,9 +9,9 @@ use tracing::{debug, warn};
 
 use super::{Controller, RunSummary};
 use crate::control::linger::Flush;
-use crate::control::naming::Unstartable;
 use crate::control::pacing::Backoff;
 use crate::control::receive::BATCH;
+use crate::control::refusal::DeadReason;
 use crate::metrics::Counter;
 use crate::ports::{
     ConcurrencyMetrics, Executions, Message, MetricsSink, OutgoingMessage, WorkQueue, send_batches,
@@ -19,14 +19,14 @@ use crate::ports::{
 
 /// Attribute carrying the reason a message was dead-lettered.
 pub const REASON_ATTRIBUTE: &str = "fanout-reason";
-/// Attribute carrying the reason's short code (`not_json`, `too_large`,
-/// `missing_field`).
+/// Attribute carrying the reason's short code (`DeadReason::code`:
+/// `not_json`, `too_large`, `missing_field`, `name_collision`).
 pub const REASON_CODE_ATTRIBUTE: &str = "fanout-reason-code";
 /// Attribute carrying the original MessageId of a dead-lettered message.
 pub const SOURCE_ID_ATTRIBUTE: &str = "fanout-source-message-id";
 
 /// The DLQ copy of an unstartable message, with its reason.
-fn dead_letter_message((m, why): &(Message, Unstartable)) -> OutgoingMessage {
+fn dead_letter_message((m, why): &(Message, DeadReason)) -> OutgoingMessage {
     OutgoingMessage {
         body: m.body.clone(),
         delay: Duration::ZERO,
@@ -46,7 +46,7 @@ const DELETE_RETRY: Duration = Duration::from_millis(400);
 /// What happened to one message in hand.
 pub(super) enum Fate {
     Delete,
-    DeadLetter(Unstartable),
+    DeadLetter(DeadReason),
     /// Hand back now (shutdown, repeated failure).
     Release,
     /// Hand back with a delay (the seed's re-queue, a systemic error).
@@ -67,7 +67,7 @@ where
         let mut delete: Vec<Vec<String>> = vec![Vec::new(); k];
         let mut release: Vec<Vec<String>> = vec![Vec::new(); k];
         let mut requeue: Vec<(usize, String, Duration)> = Vec::new();
-        let mut dead: Vec<Vec<(Message, Unstartable)>> = (0..k).map(|_| Vec::new()).collect();
+        let mut dead: Vec<Vec<(Message, DeadReason)>> = (0..k).map(|_| Vec::new()).collect();
         let total = fates.len();
         for (src, m, fate) in fates {
             match fate {
@@ -132,13 +132,13 @@ where
     async fn dead_letter(
         &self,
         src: usize,
-        items: &[(Message, Unstartable)],
+        items: &[(Message, DeadReason)],
         out: &[OutgoingMessage],
     ) -> Vec<String> {
         let s = &self.b.sources[src];
         for (m, why) in items {
-            warn!(queue = %s.name, message_id = %m.id, reason = %why,
-                "message can never start; moving it to the dead-letter queue");
+            warn!(queue = %s.name, message_id = %m.id, reason = %why, code = why.code(),
+                "message cannot be started; moving it to the dead-letter queue with this reason (fanout-reason): fix it and send it again");
         }
         let failed: HashSet<usize> = match s.dlq.send_batch(out).await {
             Ok(f) => f.into_iter().map(|f| f.index).collect(),

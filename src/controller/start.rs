@@ -12,6 +12,7 @@ use super::settle::Fate;
 use super::{Controller, lock, sleep_unless};
 use crate::control::naming::short_hash;
 use crate::control::pacing::Backoff;
+use crate::control::refusal::DeadReason;
 use crate::metrics::Counter;
 use crate::ports::{
     ConcurrencyMetrics, Executions, Message, MetricsSink, PortError, StartOutcome, WorkQueue,
@@ -37,7 +38,7 @@ where
     ) -> Fate {
         let name = match self.namer.name(&m.id, &m.body) {
             Ok(n) => n,
-            Err(why) => return Fate::DeadLetter(why),
+            Err(why) => return Fate::DeadLetter(why.into()),
         };
         let cfg = self.cfg();
         let r = &cfg.retry;
@@ -53,27 +54,11 @@ where
         loop {
             let pacer = lock(&self.start_pacer).clone();
             pacer.acquire().await;
-            match self.b.executions.start(&name, &m.body).await {
-                Ok(outcome) => {
-                    let now = self.now();
-                    let mut st = self.state();
-                    match outcome {
-                        StartOutcome::Started => {
-                            st.ledger.started(&name, now);
-                            st.estimator.record_starts(self.b.metrics.now_s(), 1);
-                            self.tally_in(&mut st, Counter::Starts, 1);
-                        }
-                        // The same name and input while it runs comes back
-                        // as Started; AlreadyExists means it closed (or ran
-                        // other input): not running, so not in the ledger,
-                        // where it would inflate the running count until
-                        // the next reconcile and make k̂ read narrow.
-                        StartOutcome::AlreadyExists => {
-                            self.tally_in(&mut st, Counter::AlreadyExisted, 1);
-                        }
-                    }
-                    return Fate::Delete;
-                }
+            let failed = match self.b.executions.start(&name, &m.body).await {
+                Ok(outcome) => match self.answered(outcome, &name, m).await {
+                    Ok(fate) => return fate,
+                    Err(e) => e,
+                },
                 Err(e @ PortError::Permanent { .. }) => {
                     // Input is checked before starting, so a permanent
                     // error here is systemic (permissions, a wrong ARN):
@@ -93,21 +78,62 @@ where
                     } else {
                         self.tally(Counter::StartErrorsTransient, 1);
                     }
-                    debug!(message_id = %m.id, error = %e, "start failed, retrying");
-                    if *shutdown.borrow()
-                        || received.elapsed() > Duration::from_secs(r.give_up_secs)
-                    {
-                        return Fate::Release;
-                    }
-                    let delay = backoff.next().unwrap_or(vis / 4);
-                    // Keep the message hidden past the retry.
-                    if Instant::now() + delay + Duration::from_secs(5) > hidden_until
-                        && let Some(until) = self.extend_visibility(src, m, vis).await
-                    {
-                        hidden_until = until;
-                    }
-                    sleep_unless(delay, shutdown).await;
+                    e
                 }
+            };
+            debug!(message_id = %m.id, error = %failed, "start failed, retrying");
+            if *shutdown.borrow() || received.elapsed() > Duration::from_secs(r.give_up_secs) {
+                return Fate::Release;
+            }
+            let delay = backoff.next().unwrap_or(vis / 4);
+            // Keep the message hidden past the retry.
+            if Instant::now() + delay + Duration::from_secs(5) > hidden_until
+                && let Some(until) = self.extend_visibility(src, m, vis).await
+            {
+                hidden_until = until;
+            }
+            sleep_unless(delay, shutdown).await;
+        }
+    }
+
+    /// The fate of `m` once StartExecution answered. `Err`: whether the
+    /// execution that holds the name is this message's cannot be told yet
+    /// (DescribeExecution failed); the start is retried, nothing deleted.
+    async fn answered(
+        &self,
+        outcome: StartOutcome,
+        name: &str,
+        m: &Message,
+    ) -> Result<Fate, PortError> {
+        if outcome == StartOutcome::Started {
+            let now = self.now();
+            let mut st = self.state();
+            st.ledger.started(name, now);
+            st.estimator.record_starts(self.b.metrics.now_s(), 1);
+            self.tally_in(&mut st, Counter::Starts, 1);
+            return Ok(Fate::Delete);
+        }
+        // AlreadyExists: the name's execution closed, or runs other input.
+        // Only the same input means this message was started.
+        match self.b.executions.input_matches(name, &m.body).await {
+            // Not running, so not in the ledger, where it would inflate
+            // the running count until the next reconcile and make k̂ read
+            // narrow.
+            Ok(true) => {
+                self.tally(Counter::AlreadyExisted, 1);
+                Ok(Fate::Delete)
+            }
+            Ok(false) => {
+                warn!(message_id = %m.id, execution = %name,
+                    "execution name already used by another message's execution; moving this message to the dead-letter queue as name_collision: change naming.template so the two get different names, then send it again");
+                self.tally(Counter::NameCollisions, 1);
+                Ok(Fate::DeadLetter(DeadReason::NameCollision(
+                    name.to_string(),
+                )))
+            }
+            Err(e) => {
+                self.tally(Counter::DescribeErrors, 1);
+                Err(e)
             }
         }
     }

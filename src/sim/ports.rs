@@ -178,6 +178,11 @@ impl Executions for SimExecutions {
         })
     }
 
+    async fn input_matches(&self, name: &str, input: &str) -> Result<bool, PortError> {
+        tokio::time::sleep(self.latency).await;
+        self.shared.at_now().execution_input_matches(name, input)
+    }
+
     async fn list_running(&self, next_token: Option<String>) -> Result<ExecutionPage, PortError> {
         tokio::time::sleep(self.latency).await;
         let (names, next_token) = self.shared.at_now().list_running(next_token)?;

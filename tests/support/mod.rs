@@ -338,6 +338,10 @@ impl Executions for Fake {
         }
     }
 
+    async fn input_matches(&self, _name: &str, _input: &str) -> Result<bool, PortError> {
+        Ok(true)
+    }
+
     async fn list_running(&self, _next: Option<String>) -> Result<ExecutionPage, PortError> {
         self.record(Call::ListRunning);
         Ok(ExecutionPage {

@@ -14,6 +14,7 @@ mod lambda;
 mod sfn;
 mod sqs;
 mod workflow;
+mod workload;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -221,48 +222,6 @@ impl World {
         // The workload's ids come from a stream of their own.
         w.load_workload(&mut StdRng::seed_from_u64(seed));
         w
-    }
-
-    fn load_workload(&mut self, rng: &mut StdRng) {
-        let wl = self.sc.workload.clone();
-        for i in 0..wl.priority {
-            self.add_origin(
-                PRIORITY,
-                format!(r#"{{"company_id":"p{i:07}","kind":"update"}}"#),
-                rng,
-            );
-        }
-        let bad = wl.not_json + wl.oversize + wl.missing_field;
-        let total = wl.bulk + bad;
-        // Spread the bad bodies through the queue.
-        let stride = total.checked_div(bad).map_or(u64::MAX, |s| s.max(1));
-        let (mut nj, mut os, mut mf) = (wl.not_json, wl.oversize, wl.missing_field);
-        for i in 0..total {
-            let body = if bad > 0 && i % stride == stride / 2 && nj + os + mf > 0 {
-                if nj > 0 {
-                    nj -= 1;
-                    format!("company c{i:07} (not json)")
-                } else if os > 0 {
-                    os -= 1;
-                    format!(
-                        r#"{{"company_id":"c{i:07}","blob":"{}"}}"#,
-                        "x".repeat(270_000)
-                    )
-                } else {
-                    mf -= 1;
-                    format!(r#"{{"company":"c{i:07}"}}"#)
-                }
-            } else {
-                format!(r#"{{"company_id":"c{i:07}","kind":"refresh"}}"#)
-            };
-            self.add_origin(BULK, body, rng);
-        }
-        if let Some(a) = &wl.priority_arrivals {
-            self.arrivals_left = a.count;
-            if a.count > 0 {
-                self.schedule(a.start_secs, Event::Arrival);
-            }
-        }
     }
 
     fn add_origin(&mut self, queue: usize, body: String, rng: &mut StdRng) {
@@ -537,6 +496,20 @@ impl World {
             }
             Start::Same => Ok(true),
             Start::AlreadyExists => Ok(false),
+        }
+    }
+
+    /// DescribeExecution of `name`: whether it was started with `input`.
+    pub fn execution_input_matches(&mut self, name: &str, input: &str) -> Result<bool, PortError> {
+        self.count("sfn.DescribeExecution");
+        self.fault("sfn", "describe_execution")?;
+        match self.sfn.input_hash(name) {
+            Some(h) => Ok(h == hash64(input)),
+            None => Err(PortError::Permanent {
+                service: "sfn",
+                code: "ExecutionDoesNotExist".into(),
+                message: name.to_string(),
+            }),
         }
     }
 

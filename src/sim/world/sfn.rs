@@ -184,6 +184,13 @@ impl Sfn {
         Ok(Start::New(x))
     }
 
+    /// DescribeExecution of `name`: the hash of its input, if it exists.
+    pub(super) fn input_hash(&self, name: &str) -> Option<u64> {
+        self.by_name
+            .get(name)
+            .map(|&x| self.execs[x as usize].input_hash)
+    }
+
     /// A state transition at `now` (a state entered, a retry): the
     /// seconds it waits for the account's StateTransition bucket.
     pub(super) fn transition(&mut self, now: f64) -> f64 {
