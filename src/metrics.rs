@@ -108,7 +108,8 @@ pub enum Counter {
     StartThrottles,
     /// StartExecution calls that failed and will be retried.
     StartErrorsTransient,
-    /// StartExecution calls refused for good.
+    /// StartExecution calls refused for a reason about the service
+    /// (admission pauses).
     StartErrorsPermanent,
     /// ReceiveMessage calls that failed.
     ReceiveErrors,
@@ -133,6 +134,9 @@ pub enum Counter {
     /// DescribeExecution calls after ExecutionAlreadyExists that failed
     /// (the start is retried).
     DescribeErrors,
+    /// Messages StartExecution refused for themselves
+    /// (InvalidExecutionInput, InvalidName), moved to the DLQ.
+    RefusedMessages,
 }
 
 impl Counter {
@@ -157,6 +161,7 @@ impl Counter {
         Counter::StrayEvents,
         Counter::NameCollisions,
         Counter::DescribeErrors,
+        Counter::RefusedMessages,
     ];
 
     /// The exported name, without the `fanout_` prefix and `_total` suffix.
@@ -181,6 +186,7 @@ impl Counter {
             Counter::StrayEvents => "stray_completion_events",
             Counter::NameCollisions => "name_collisions",
             Counter::DescribeErrors => "describe_errors",
+            Counter::RefusedMessages => "refused_messages",
         }
     }
 
@@ -196,7 +202,7 @@ impl Counter {
             Counter::StartThrottles => "StartExecution calls throttled.",
             Counter::StartErrorsTransient => "StartExecution calls failed and retried.",
             Counter::StartErrorsPermanent => {
-                "StartExecution calls refused for good (admission pauses)."
+                "StartExecution calls refused for a reason about the service (admission pauses)."
             }
             Counter::ReceiveErrors => "ReceiveMessage calls that failed.",
             Counter::DeleteFailures => "Messages whose delete failed after retries.",
@@ -217,6 +223,9 @@ impl Counter {
             }
             Counter::DescribeErrors => {
                 "DescribeExecution calls after ExecutionAlreadyExists that failed (the start is retried)."
+            }
+            Counter::RefusedMessages => {
+                "Messages StartExecution refused for themselves (InvalidExecutionInput, InvalidName), moved to the DLQ without pausing admission."
             }
         }
     }

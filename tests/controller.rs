@@ -334,3 +334,41 @@ fn a_second_body_under_a_used_name_goes_to_the_dlq_as_a_collision() {
     );
     assert_eq!((r.lost, r.dlq, r.deleted_without_start), (0, 4, 0), "{r:?}");
 }
+
+#[test]
+fn input_step_functions_refuses_goes_to_the_dlq_at_once_without_a_pause() {
+    // The controller's own check passes 200,000-byte bodies; this account
+    // refuses them (InvalidExecutionInput): theirs is the fault, not the
+    // service's, so the rest must not wait a minute per refusal.
+    let run = |large: u64| {
+        let sc = scenario(&format!(
+            "[workload]\nbulk = 500\nlarge = {large}\n[sfn]\nmax_input_bytes = 100000\n"
+        ));
+        fanout::sim::run(SimOptions {
+            scenario: sc,
+            config: config(300),
+            policy: Policy::Adaptive,
+            seed: 4,
+            progress: false,
+        })
+        .unwrap()
+    };
+    let (clean, r) = (run(0), run(3));
+    assert_eq!(r.started, 500, "{r:?}");
+    assert_eq!(
+        r.dead_letter_reasons.get("invalid_execution_input"),
+        Some(&3),
+        "{r:?}"
+    );
+    assert_eq!((r.lost, r.dlq), (0, 3), "{r:?}");
+    assert_eq!(
+        r.max_receive_count, 1,
+        "refused bodies are not retried: {r:?}"
+    );
+    assert!(
+        r.makespan_s <= clean.makespan_s + 10.0,
+        "admission paused: {} s against {} s",
+        r.makespan_s,
+        clean.makespan_s
+    );
+}

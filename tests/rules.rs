@@ -139,6 +139,31 @@ async fn a_permanent_start_error_pauses_admission_for_a_minute() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_refusal_about_the_message_dead_letters_it_and_the_rest_flows() {
+    let fake = Fake::new();
+    fake.fill("work", "m", 40);
+    fake.script("m-3", &[Reply::InvalidName]);
+    let summary = run_for(&fake, config(), &["work"], 20).await;
+    let log = fake.log();
+    assert_eq!(
+        starts(&log, "m-3").len(),
+        1,
+        "refused once, not retried: {log:#?}"
+    );
+    let moved = log.iter().any(|l| {
+        matches!(&l.call, Call::SendBatch { queue, count } if queue == "work-dlq" && *count == 1)
+    });
+    assert!(moved, "m-3 moved to the DLQ: {log:#?}");
+    assert_eq!(deletes_of(&log, "m-3").len(), 1, "deleted once moved");
+    assert_eq!(
+        (summary.started, summary.dead_lettered, summary.requeued),
+        (39, 1, 0),
+        "{summary:?}"
+    );
+    assert_eq!(fake.left("work"), 0, "admission did not pause for it");
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_priority_queue_is_served_first_while_it_has_messages() {
     let fake = Fake::new();
     fake.fill("priority", "p", 200);

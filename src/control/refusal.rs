@@ -1,8 +1,11 @@
 //! Why a message goes to its dead-letter queue (`DeadReason`, each with
-//! the short code of the `fanout-reason-code` attribute), and when an
-//! `ExecutionAlreadyExists` means the message was already started.
+//! the short code of the `fanout-reason-code` attribute), which
+//! StartExecution refusals are the message's fault (`refused_message`),
+//! and when an `ExecutionAlreadyExists` means the message was already
+//! started.
 
 use crate::control::naming::Unstartable;
+use crate::ports::PortError;
 
 /// Why a message was moved to its DLQ instead of being started.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -16,6 +19,22 @@ pub enum DeadReason {
         "execution name \"{0}\" is already used by an execution with different input (another message renders the same name); make naming.template tell them apart (add {{hash}}), or send the update again once that execution is older than 90 days"
     )]
     NameCollision(String),
+    /// Step Functions refused the body (`InvalidExecutionInput`) though
+    /// the controller's own checks passed it; the service's message.
+    #[error(
+        "Step Functions refused the body as execution input (InvalidExecutionInput: {0}); fix the body and send it again"
+    )]
+    InvalidExecutionInput(String),
+    /// Step Functions refused the execution name (`InvalidName`).
+    #[error(
+        "Step Functions refused the execution name \"{name}\" (InvalidName: {message}); check naming.template and the fields it names, then send the message again"
+    )]
+    InvalidName {
+        /// The name sent.
+        name: String,
+        /// The service's message.
+        message: String,
+    },
 }
 
 impl DeadReason {
@@ -24,7 +43,28 @@ impl DeadReason {
         match self {
             DeadReason::Unstartable(u) => u.code(),
             DeadReason::NameCollision(_) => "name_collision",
+            DeadReason::InvalidExecutionInput(_) => "invalid_execution_input",
+            DeadReason::InvalidName { .. } => "invalid_name",
         }
+    }
+}
+
+/// The reason to dead-letter a message whose StartExecution under `name`
+/// failed with `e`, when the refusal is about that message (its input, its
+/// name): other messages can still start. `None` for everything else,
+/// including permanent errors about the service (AccessDenied,
+/// StateMachineDoesNotExist, a wrong ARN), which every message would meet.
+pub fn refused_message(e: &PortError, name: &str) -> Option<DeadReason> {
+    let PortError::Permanent { code, message, .. } = e else {
+        return None;
+    };
+    match code.as_str() {
+        "InvalidExecutionInput" => Some(DeadReason::InvalidExecutionInput(message.clone())),
+        "InvalidName" => Some(DeadReason::InvalidName {
+            name: name.to_string(),
+            message: message.clone(),
+        }),
+        _ => None,
     }
 }
 
@@ -51,6 +91,39 @@ mod tests {
         assert!(same_input(r#"{"a": 1, "b": 2}"#, r#"{"b":2,"a":1}"#));
         assert!(!same_input(r#"{"a":1}"#, r#"{"a":2}"#));
         assert!(!same_input("not json", "not  json"));
+    }
+
+    fn permanent(code: &str) -> PortError {
+        PortError::Permanent {
+            service: "states",
+            code: code.into(),
+            message: "why".into(),
+        }
+    }
+
+    #[test]
+    fn refusals_about_the_message_are_its_own_and_the_rest_the_service_s() {
+        let input = refused_message(&permanent("InvalidExecutionInput"), "n").unwrap();
+        assert_eq!(input.code(), "invalid_execution_input");
+        assert!(input.to_string().contains("why"), "{input}");
+        let name = refused_message(&permanent("InvalidName"), "a b").unwrap();
+        assert_eq!(name.code(), "invalid_name");
+        assert!(name.to_string().contains("\"a b\""), "{name}");
+        for code in [
+            "AccessDeniedException",
+            "StateMachineDoesNotExist",
+            "StateMachineDeleting",
+            "InvalidArn",
+            "ExecutionLimitExceeded",
+            "ValidationException",
+        ] {
+            assert_eq!(refused_message(&permanent(code), "n"), None, "{code}");
+        }
+        let throttled = PortError::Throttled {
+            service: "states",
+            code: "InvalidExecutionInput".into(),
+        };
+        assert_eq!(refused_message(&throttled, "n"), None, "retryable stays so");
     }
 
     #[test]

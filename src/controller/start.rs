@@ -1,6 +1,8 @@
 //! Starting one message: name it, StartExecution through the start pacer,
 //! retry throttles and transient errors with jittered backoff while
-//! keeping the message hidden, and decide its fate.
+//! keeping the message hidden, and decide its fate: a refusal about the
+//! message (its input, its name) dead-letters it, one about the service
+//! pauses admission.
 
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use super::settle::Fate;
 use super::{Controller, lock, sleep_unless};
 use crate::control::naming::short_hash;
 use crate::control::pacing::Backoff;
-use crate::control::refusal::DeadReason;
+use crate::control::refusal::{DeadReason, refused_message};
 use crate::metrics::Counter;
 use crate::ports::{
     ConcurrencyMetrics, Executions, Message, MetricsSink, PortError, StartOutcome, WorkQueue,
@@ -60,9 +62,15 @@ where
                     Err(e) => e,
                 },
                 Err(e @ PortError::Permanent { .. }) => {
-                    // Input is checked before starting, so a permanent
-                    // error here is systemic (permissions, a wrong ARN):
-                    // never dead-letter the queue for it.
+                    if let Some(why) = refused_message(&e, &name) {
+                        // This message's own fault: it goes, the rest flow.
+                        warn!(message_id = %m.id, execution = %name, error = %e, code = why.code(),
+                            "StartExecution refused this message; moving it to the dead-letter queue: fix it and send it again");
+                        self.tally(Counter::RefusedMessages, 1);
+                        return Fate::DeadLetter(why);
+                    }
+                    // Any other permanent error is systemic (permissions,
+                    // a wrong ARN): never dead-letter the queue for it.
                     warn!(message_id = %m.id, execution = %name, error = %e,
                         "StartExecution refused; message handed back, check aws.state_machine_arn and the task role");
                     self.tally(Counter::StartErrorsPermanent, 1);

@@ -78,6 +78,10 @@ pub struct Workload {
     /// another body (a second update of one company), after the refresh:
     /// under a `{company_id}` template their names collide.
     pub same_company: u64,
+    /// Bulk bodies of 200,000 bytes (under Step Functions' input limit,
+    /// refused as `InvalidExecutionInput` under a lower `[sfn]
+    /// max_input_bytes`), among the bulk messages.
+    pub large: u64,
 }
 
 /// Single-company updates arriving on the priority queue, one message every
@@ -159,6 +163,10 @@ pub struct SfnModel {
     /// The Lambdas-per-execution estimate a previous run left with the
     /// state machine (a tag): the next refresh, not the first one.
     pub remembered_lambdas_per_execution: Option<f64>,
+    /// The execution input limit StartExecution enforces, in bytes
+    /// (`InvalidExecutionInput` above it). Lower it to have bodies the
+    /// controller's own 262,144-byte check lets through refused.
+    pub max_input_bytes: usize,
 }
 
 impl SfnModel {
@@ -183,6 +191,7 @@ impl SfnModel {
         completion_events: false,
         completion_event_delay_secs: 1.0,
         remembered_lambdas_per_execution: None,
+        max_input_bytes: crate::control::naming::MAX_INPUT_BYTES,
     };
 }
 

@@ -26,6 +26,8 @@ pub(crate) enum Reply {
     Throttled,
     Transient,
     Permanent,
+    /// Permanent, code `InvalidName`: about the message, not the service.
+    InvalidName,
 }
 
 /// One call the controller made.

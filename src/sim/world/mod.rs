@@ -54,6 +54,15 @@ fn us(t: f64) -> Micros {
     (t.max(0.0) * 1e6) as Micros
 }
 
+/// StartExecution's validation errors (the input, the name).
+fn refused(code: &str, message: String) -> PortError {
+    PortError::Permanent {
+        service: "sfn",
+        code: code.into(),
+        message,
+    }
+}
+
 /// FNV-1a: message bodies and execution inputs by content.
 fn hash64(s: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -475,6 +484,15 @@ impl World {
     pub fn start_execution(&mut self, name: &str, input: &str) -> Result<bool, PortError> {
         self.count("sfn.StartExecution");
         self.fault("sfn", "start_execution")?;
+        if input.len() > self.sc.sfn.max_input_bytes {
+            return Err(refused("InvalidExecutionInput", input.len().to_string()));
+        }
+        let allowed = |c: char| {
+            !c.is_whitespace() && !c.is_control() && !"<>{}[]?*\"#%\\^|~`$&,;:/".contains(c)
+        };
+        if name.is_empty() || name.chars().count() > 80 || !name.chars().all(allowed) {
+            return Err(refused("InvalidName", name.to_string()));
+        }
         let h = hash64(input);
         let origin = self.body_origin.get(&h).copied();
         match self.sfn.start(name, h, origin, self.now)? {

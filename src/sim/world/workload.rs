@@ -16,15 +16,22 @@ impl World {
                 rng,
             );
         }
-        let bad = wl.not_json + wl.oversize + wl.missing_field;
+        let bad = wl.not_json + wl.oversize + wl.missing_field + wl.large;
         let total = wl.bulk + bad;
         // Spread the bad bodies through the queue.
         let stride = total.checked_div(bad).map_or(u64::MAX, |s| s.max(1));
         let (mut nj, mut os, mut mf) = (wl.not_json, wl.oversize, wl.missing_field);
+        let mut large = wl.large;
         let mut good = Vec::new();
         for i in 0..total {
-            let body = if bad > 0 && i % stride == stride / 2 && nj + os + mf > 0 {
-                if nj > 0 {
+            let body = if bad > 0 && i % stride == stride / 2 && nj + os + mf + large > 0 {
+                if large > 0 {
+                    large -= 1;
+                    format!(
+                        r#"{{"company_id":"c{i:07}","blob":"{}"}}"#,
+                        "x".repeat(200_000)
+                    )
+                } else if nj > 0 {
                     nj -= 1;
                     format!("company c{i:07} (not json)")
                 } else if os > 0 {
