@@ -141,7 +141,7 @@ pub enum Counter {
 
 impl Counter {
     /// Every counter, in the order they are rendered.
-    pub const ALL: [Counter; 19] = [
+    pub const ALL: [Counter; 20] = [
         Counter::Starts,
         Counter::AlreadyExisted,
         Counter::Deletes,

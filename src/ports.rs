@@ -40,10 +40,24 @@ pub enum PortError {
     },
 }
 
+/// Codes of `Transient` errors that carry no answer from the service: a
+/// timeout, a connection that failed, a response that could not be read
+/// (`aws::classify` writes them).
+pub const NO_ANSWER_CODES: [&str; 3] = ["Timeout", "DispatchFailure", "ResponseError"];
+
 impl PortError {
     /// Throttled and transient errors may succeed later; permanent ones not.
     pub fn is_retryable(&self) -> bool {
         !matches!(self, PortError::Permanent { .. })
+    }
+
+    /// The service answered, if only to refuse or slow us down: the caller
+    /// is making progress. A timeout or a failed connection is no answer.
+    pub fn is_answer(&self) -> bool {
+        match self {
+            PortError::Transient { code, .. } => !NO_ANSWER_CODES.contains(&code.as_str()),
+            _ => true,
+        }
     }
 }
 
@@ -386,5 +400,23 @@ mod tests {
             ..OutgoingMessage::default()
         };
         assert_eq!(small.size(), 2 + 2 + 6 + 3);
+    }
+
+    #[test]
+    fn a_throttle_or_a_service_error_is_an_answer_a_timeout_is_not() {
+        let transient = |code: &str| PortError::Transient {
+            service: "states",
+            code: code.into(),
+            message: String::new(),
+        };
+        let throttled = PortError::Throttled {
+            service: "states",
+            code: "ThrottlingException".into(),
+        };
+        assert!(throttled.is_answer());
+        assert!(transient("ServiceUnavailable").is_answer());
+        for code in NO_ANSWER_CODES {
+            assert!(!transient(code).is_answer(), "{code}");
+        }
     }
 }

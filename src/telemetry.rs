@@ -24,9 +24,10 @@ use crate::controller::Snapshot;
 use crate::metrics::{Counter, Gauge, escape_label_value};
 use crate::ports::MetricsSink;
 
-/// `/healthz` fails when the admission snapshot is older than this: the
+/// `/healthz` fails when the last snapshot is older than this: the
 /// admission loop publishes after every decision, at least every tick or
-/// long poll, so a minute of silence means it is stuck.
+/// long poll, and a start being retried after every answered call (a
+/// throttle included), so a minute of silence means nothing progresses.
 pub const STALL_AFTER: Duration = Duration::from_secs(60);
 
 /// Connections the HTTP server serves at once. More wait in the listen
@@ -119,7 +120,8 @@ impl Telemetry {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Record the controller's latest snapshot (and that it is alive).
+    /// Record the controller's latest snapshot (and that it is alive: a
+    /// heartbeat sends the same snapshot again).
     pub fn set_snapshot(&self, s: Snapshot) {
         let mut i = self.lock();
         i.snapshot = s;
@@ -139,7 +141,7 @@ impl Telemetry {
             None => Err("starting: no admission decision yet"),
             Some(_) if !i.snapshot.ready => Err("not ready: first reconcile pending"),
             Some(t) if t.elapsed() > STALL_AFTER => {
-                Err("stalled: admission has not decided for over 60 s")
+                Err("stalled: no admission decision and no StartExecution answer for over 60 s")
             }
             Some(_) => Ok(()),
         }

@@ -1,6 +1,6 @@
 //! Single controller rules pinned against the scripted fake of the ports,
 //! with the tokio clock paused: delete only after start, a permanent error
-//! pauses admission, priority first.
+//! pauses admission, priority first, health during long retries.
 
 mod support;
 
@@ -9,6 +9,7 @@ use std::time::Duration;
 use fanout::config::Config;
 use fanout::control::Policy;
 use fanout::controller::Controller;
+use fanout::telemetry::Telemetry;
 use support::{Call, Fake, Logged, Reply, id_of, run_for};
 use tokio::sync::watch;
 
@@ -268,4 +269,61 @@ async fn only_this_state_machines_completion_events_free_capacity() {
         0,
         "every event is deleted, stray or not"
     );
+}
+
+/// `/healthz` as `fanout run` serves it (every snapshot the controller
+/// publishes copied into a `Telemetry`, looked at each second), sampled
+/// every 5 s for `secs` s of a controller draining `work`.
+async fn health_over(fake: &Fake, secs: u64) -> Vec<(u64, Result<(), &'static str>)> {
+    let ctl = Controller::new(config(), Policy::Adaptive, fake.backends(&["work"]), 1).unwrap();
+    let t = Telemetry::new(3000);
+    let mut snaps = ctl.subscribe();
+    let (_tx, rx) = watch::channel(false);
+    let probe = async {
+        let mut out = Vec::new();
+        for s in 1..=secs {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if snaps.has_changed().unwrap_or(false) {
+                t.set_snapshot(*snaps.borrow_and_update());
+            }
+            if s % 5 == 0 {
+                out.push((s, t.health()));
+            }
+        }
+        out
+    };
+    // A stuck start never lets `run` return: the probe ends the test.
+    tokio::select! {
+        _ = ctl.run(rx) => panic!("the controller stopped by itself"),
+        out = probe => out,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_throttled_for_minutes_keeps_the_task_healthy() {
+    let fake = Fake::new();
+    fake.fill("work", "m", 5);
+    fake.default_reply(Reply::Throttled);
+    let health = health_over(&fake, 300).await;
+    let sick: Vec<_> = health.iter().filter(|(_, h)| h.is_err()).collect();
+    assert!(
+        sick.is_empty(),
+        "unhealthy while every StartExecution answered (throttled): {sick:?}"
+    );
+    assert!(starts(&fake.log(), "m-0").len() > 20, "still retrying");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_that_never_answers_turns_the_task_unhealthy() {
+    let fake = Fake::new();
+    fake.fill("work", "m", 5);
+    fake.default_reply(Reply::Hang);
+    let health = health_over(&fake, 180).await;
+    assert_eq!(health[0].1, Ok(()), "healthy before the stall: {health:?}");
+    let first_sick = health.iter().find(|(_, h)| h.is_err()).map(|(s, _)| *s);
+    assert!(
+        first_sick.is_some_and(|s| s <= 70),
+        "still healthy after a minute with nothing answered: {health:?}"
+    );
+    assert!(health.last().unwrap().1.unwrap_err().starts_with("stalled"));
 }

@@ -122,6 +122,8 @@ const THROTTLE_CODES: &[&str] = &[
 /// Map an SDK error onto the port's three kinds, keeping the AWS code:
 /// throttling codes (and HTTP 429) are `Throttled`; HTTP 5xx, timeouts,
 /// dispatch and response failures are `Transient`; the rest `Permanent`.
+/// The last three carry the codes of `ports::NO_ANSWER_CODES` (no answer
+/// from the service: not progress for /healthz).
 pub fn classify<E>(service: &'static str, err: &SdkError<E, HttpResponse>) -> PortError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,

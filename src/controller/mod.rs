@@ -365,6 +365,12 @@ where
         );
     }
 
+    /// Publish the last snapshot again: a sign of life for /healthz
+    /// between decisions (`fanout run` stamps every snapshot it receives).
+    fn heartbeat(&self) {
+        self.snapshot.send_modify(|_| {});
+    }
+
     fn paused(&self) -> bool {
         self.state().paused_until > self.now()
     }

@@ -56,7 +56,9 @@ where
         loop {
             let pacer = lock(&self.start_pacer).clone();
             pacer.acquire().await;
-            let failed = match self.b.executions.start(&name, &m.body).await {
+            let result = self.b.executions.start(&name, &m.body).await;
+            self.heartbeat_if_answered(result.as_ref().err());
+            let failed = match result {
                 Ok(outcome) => match self.answered(outcome, &name, m).await {
                     Ok(fate) => return fate,
                     Err(e) => e,
@@ -123,7 +125,9 @@ where
         }
         // AlreadyExists: the name's execution closed, or runs other input.
         // Only the same input means this message was started.
-        match self.b.executions.input_matches(name, &m.body).await {
+        let same = self.b.executions.input_matches(name, &m.body).await;
+        self.heartbeat_if_answered(same.as_ref().err());
+        match same {
             // Not running, so not in the ledger, where it would inflate
             // the running count until the next reconcile and make k̂ read
             // narrow.
@@ -143,6 +147,16 @@ where
                 self.tally(Counter::DescribeErrors, 1);
                 Err(e)
             }
+        }
+    }
+
+    /// A call answered (`error` None, or an error the service sent): the
+    /// retry loop is making progress, so /healthz must not call the task
+    /// stalled while one admission step retries throttled starts for up to
+    /// `give_up_secs` (admission decides again only after the step).
+    fn heartbeat_if_answered(&self, error: Option<&PortError>) {
+        if error.is_none_or(PortError::is_answer) {
+            self.heartbeat();
         }
     }
 

@@ -28,6 +28,8 @@ pub(crate) enum Reply {
     Permanent,
     /// Permanent, code `InvalidName`: about the message, not the service.
     InvalidName,
+    /// Never answers (a call stuck for good).
+    Hang,
 }
 
 /// One call the controller made.
@@ -336,6 +338,7 @@ impl Executions for Fake {
         });
         match reply {
             Reply::Started => Ok(StartOutcome::Started),
+            Reply::Hang => std::future::pending().await,
             other => Err(error(other)),
         }
     }
