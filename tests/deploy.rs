@@ -558,8 +558,17 @@ const GRANTED_FOR_OTHERS: &[(&str, &str)] = &[];
 fn sdk_operations(krate: &str) -> BTreeSet<String> {
     static META: OnceLock<Value> = OnceLock::new();
     let meta = META.get_or_init(|| {
+        // This platform's packages only: the others (Windows crates) may
+        // never have been downloaded, and --offline cannot fetch them.
+        let version = Command::new(env!("CARGO")).arg("-vV").output().unwrap();
+        let version = String::from_utf8_lossy(&version.stdout).into_owned();
+        let host = version
+            .lines()
+            .find_map(|l| l.strip_prefix("host: "))
+            .expect("cargo -vV names its host");
         let mut cargo = Command::new(env!("CARGO"));
         cargo.args(["metadata", "--offline", "--format-version", "1"]);
+        cargo.args(["--filter-platform", host]);
         let out = cargo.current_dir(repo()).output().expect("cargo metadata");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "cargo metadata: {err}");
