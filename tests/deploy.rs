@@ -658,3 +658,169 @@ fn the_task_role_grants_exactly_what_the_adapters_call() {
     ];
     assert_eq!(found, want.map(|w| vec![w.to_string()]));
 }
+
+/// The dashboard's body with its `!Sub` filled in: the ceiling as 123,457,
+/// every other variable as the marker `<Name>`; and the variables.
+fn dashboard() -> (Value, &'static serde_json::Map<String, Value>) {
+    let (_, d) = the("AWS::CloudWatch::Dashboard");
+    let sub = &d["Properties"]["DashboardBody"]["Fn::Sub"];
+    let body = sub[0]
+        .as_str()
+        .expect("DashboardBody: !Sub [body, variables]");
+    let vars = sub[1].as_object().expect("the !Sub variables");
+    let mut text = String::new();
+    let mut rest = body;
+    while let Some(at) = rest.find("${") {
+        let end = at + rest[at..].find('}').expect("an unclosed ${");
+        let name = &rest[at + 2..end];
+        text.push_str(&rest[..at]);
+        text.push_str(&if name == "Ceiling" {
+            "123457".into()
+        } else {
+            format!("<{name}>")
+        });
+        rest = &rest[end + 1..];
+    }
+    text.push_str(rest);
+    let body =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("DashboardBody is not JSON: {e}"));
+    for name in vars.keys() {
+        assert!(
+            text.contains(&format!("<{name}>")),
+            "!Sub variable {name} is never used"
+        );
+    }
+    (body, vars)
+}
+
+/// Every series of the dashboard's metric widgets: (namespace, metric,
+/// dimension values), expressions left out.
+fn dashboard_series(body: &Value) -> Vec<(String, String, Vec<String>)> {
+    let widgets = body["widgets"].as_array().expect("widgets");
+    let metrics = widgets.iter().filter(|w| w["type"] == "metric");
+    let rows = metrics.flat_map(|w| w["properties"]["metrics"].as_array().unwrap().iter());
+    rows.filter_map(|row| {
+        let row: Vec<&str> = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let (ns, name) = (row.first()?, row.get(1)?);
+        let dims = row[2..]
+            .chunks(2)
+            .map(|d| d[d.len() - 1].to_string())
+            .collect();
+        Some((ns.to_string(), name.to_string(), dims))
+    })
+    .collect()
+}
+
+/// The dashboard shows the ceiling, the account's and every pipeline
+/// function's concurrency, fanout's own series under the names it
+/// publishes, every queue of the stack, and the state machine's failures.
+#[test]
+fn the_dashboard_shows_every_function_queue_and_controller_series_of_the_stack() {
+    let (body, vars) = dashboard();
+    let series = dashboard_series(&body);
+    let has = |ns: &str, name: &str, dim: Option<&str>| {
+        series.iter().any(|(n, m, d)| {
+            n == ns
+                && m == name
+                && dim.map_or(d.is_empty(), |x| d.first().map(String::as_str) == Some(x))
+        })
+    };
+    let annotations = body.to_string();
+    assert!(
+        annotations.contains(r#"{"label":"Ceiling","value":123457}"#),
+        "no horizontal line at the Ceiling parameter"
+    );
+    assert!(
+        has("AWS/Lambda", "ConcurrentExecutions", None),
+        "the account's concurrency"
+    );
+    for param in [
+        "PrepareFunctionArn",
+        "PredictFunctionArn",
+        "PublishFunctionArn",
+    ] {
+        let var = vars
+            .iter()
+            .find(|(_, v)| v.to_string().contains(&format!(r#"{{"Ref":"{param}"}}"#)));
+        let (var, _) = var.unwrap_or_else(|| panic!("no dashboard variable names {param}"));
+        let marker = format!("<{var}>");
+        assert!(
+            has("AWS/Lambda", "ConcurrentExecutions", Some(&marker)),
+            "{param}'s concurrency"
+        );
+        assert!(
+            has("AWS/Lambda", "Throttles", Some(&marker)),
+            "{param}'s throttles"
+        );
+    }
+    // fanout's namespace, and only the names it publishes.
+    assert_eq!(
+        vars["Namespace"],
+        json!({"Fn::Sub": "fanout/${AWS::StackName}"})
+    );
+    let published: BTreeSet<&str> = (fanout::metrics::Gauge::ALL.iter().map(|g| g.name()))
+        .chain(fanout::metrics::Counter::ALL.iter().map(|c| c.name()))
+        .collect();
+    let ours: Vec<&str> = series
+        .iter()
+        .filter(|s| s.0 == "<Namespace>")
+        .map(|s| s.1.as_str())
+        .collect();
+    for name in &ours {
+        assert!(
+            published.contains(name),
+            "the dashboard plots {name}, which fanout never publishes"
+        );
+    }
+    for name in [
+        "running_executions",
+        "target_running",
+        "lambdas_per_execution",
+        "starts",
+    ] {
+        assert!(
+            ours.contains(&name),
+            "fanout's {name} is not on the dashboard"
+        );
+    }
+    for (queue, _) in resources("AWS::SQS::Queue") {
+        let attr = json!({"Fn::GetAtt": [queue, "QueueName"]});
+        let var = vars.iter().find(|(_, v)| **v == attr);
+        let (var, _) = var.unwrap_or_else(|| panic!("queue {queue} is not on the dashboard"));
+        let marker = format!("<{var}>");
+        assert!(
+            has(
+                "AWS/SQS",
+                "ApproximateNumberOfMessagesVisible",
+                Some(&marker)
+            ),
+            "{queue}'s depth"
+        );
+    }
+    for name in [
+        "ExecutionsFailed",
+        "ExecutionsTimedOut",
+        "ExecutionsAborted",
+        "ExecutionThrottled",
+    ] {
+        assert!(
+            has("AWS/States", name, Some("<StateMachine>")),
+            "the state machine's {name}"
+        );
+    }
+    // Metric math refers to series by id: a renamed id leaves a blank line.
+    let text = body.to_string();
+    for expr in text.split("\"expression\":\"").skip(1) {
+        let expr = &expr[..expr.find('"').unwrap()];
+        let id = expr.trim_start_matches("RATE(").trim_end_matches(')');
+        assert!(
+            text.contains(&format!(r#""id":"{id}""#)),
+            "{expr}: no series with id {id}"
+        );
+    }
+}
