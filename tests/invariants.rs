@@ -68,7 +68,7 @@ fn more_faults() -> impl Strategy<Value = MoreFaults> {
     (
         window(200.0, (20.0, 90.0), (0.2, 0.6)),
         proptest::option::of((0.0f64..200.0, 60.0f64..600.0)),
-        window(200.0, (10.0, 120.0), (0.3, 1.0)),
+        window(200.0, (10.0, 120.0), (0.6, 1.0)),
         proptest::option::of(0.2f64..0.8),
         proptest::option::of((10u32..=100, 0.5f64..3.0)),
         proptest::option::of((20.0f64..150.0, 60.0f64..600.0)),
@@ -323,20 +323,13 @@ fn faults_took_effect(c: &Case, r: &Report, t: &Timeline) -> Result<(), TestCase
         starts >= r.started + failed_starts,
         "{starts} starts: {r:?}"
     );
-    if c.faults.list_storm.is_some() && c.faults.sfn_errors.is_none() && c.storm.is_none() {
-        let (calls, failed) = exposure(r, "sfn");
-        let throttled = r
-            .faults_injected
-            .get("sfn.list_executions")
-            .copied()
-            .unwrap_or(0);
-        prop_assert_eq!(
-            failed,
-            throttled,
-            "a storm on ListExecutions throttles nothing else"
-        );
+    // The storm throttles ListExecutions (p ≥ 0.6: 0.4^10 ≈ 0.01 %).
+    if c.faults.list_storm.is_some() && c.faults.sfn_errors.is_none() {
+        let key = "sfn.list_executions";
+        let calls = r.fault_window_calls.get(key).copied().unwrap_or(0);
+        let throttled = r.faults_injected.get(key).copied().unwrap_or(0);
         prop_assert!(
-            calls < 30 || throttled > 0,
+            calls < 10 || throttled > 0,
             "{calls} listings in the storm: {r:?}"
         );
     }
