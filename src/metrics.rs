@@ -125,6 +125,9 @@ pub enum Counter {
     LambdaThrottledMinutes,
     /// Failed reads or writes of the k̂ remembered with the state machine.
     RememberErrors,
+    /// Status-change events that completed an execution still in the
+    /// ledger (freed its capacity before a reconcile did).
+    EventCompletions,
     /// Messages on the completion queue that were not a status change of
     /// this state machine (deleted, nothing freed).
     StrayEvents,
@@ -141,7 +144,7 @@ pub enum Counter {
 
 impl Counter {
     /// Every counter, in the order they are rendered.
-    pub const ALL: [Counter; 20] = [
+    pub const ALL: [Counter; 21] = [
         Counter::Starts,
         Counter::AlreadyExisted,
         Counter::Deletes,
@@ -158,6 +161,7 @@ impl Counter {
         Counter::MetricErrors,
         Counter::LambdaThrottledMinutes,
         Counter::RememberErrors,
+        Counter::EventCompletions,
         Counter::StrayEvents,
         Counter::NameCollisions,
         Counter::DescribeErrors,
@@ -183,6 +187,7 @@ impl Counter {
             Counter::MetricErrors => "metric_errors",
             Counter::LambdaThrottledMinutes => "lambda_throttled_minutes",
             Counter::RememberErrors => "remember_errors",
+            Counter::EventCompletions => "event_completions",
             Counter::StrayEvents => "stray_completion_events",
             Counter::NameCollisions => "name_collisions",
             Counter::DescribeErrors => "describe_errors",
@@ -214,6 +219,9 @@ impl Counter {
             }
             Counter::RememberErrors => {
                 "Failed reads or writes of the width remembered with the state machine."
+            }
+            Counter::EventCompletions => {
+                "Status-change events that completed an execution still counted as running (capacity freed before a reconcile)."
             }
             Counter::StrayEvents => {
                 "Completion-queue messages that were not this state machine's status changes (deleted, nothing freed)."

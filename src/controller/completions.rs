@@ -90,12 +90,13 @@ where
             }
             let now = self.now();
             let mut stray = 0;
+            let mut freed = 0;
             {
                 let mut st = self.state();
                 for m in &msgs {
                     match parse_status_event(&m.body, &arn) {
                         Ok((name, status)) if status != "RUNNING" => {
-                            st.ledger.completed(&name, now);
+                            freed += u64::from(st.ledger.completed(&name, now));
                         }
                         Ok(_) => {}
                         Err(why) => {
@@ -112,6 +113,7 @@ where
                 }
             }
             self.tally(Counter::StrayEvents, stray);
+            self.tally(Counter::EventCompletions, freed);
             let receipts: Vec<String> = msgs.into_iter().map(|m| m.receipt).collect();
             if let Err(e) = q.delete_batch(&receipts).await {
                 debug!(error = %e, "completion delete failed");

@@ -112,6 +112,8 @@ pub struct RunSummary {
     pub start_throttles: u64,
     /// Successful reconciles.
     pub reconciles: u64,
+    /// Ledger entries completed by a status-change event.
+    pub completed_by_event: u64,
 }
 
 impl RunSummary {
@@ -127,6 +129,7 @@ impl RunSummary {
             Counter::Requeued => &mut self.requeued,
             Counter::StartThrottles => &mut self.start_throttles,
             Counter::Reconciles => &mut self.reconciles,
+            Counter::EventCompletions => &mut self.completed_by_event,
             _ => return,
         };
         *field += n;

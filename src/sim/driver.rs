@@ -121,6 +121,7 @@ pub async fn simulate(opts: SimOptions) -> Result<(Report, Timeline), Controller
     let store = SimClaims::new(Duration::from_millis(10)); // a DynamoDB round trip
     let main = async {
         let mut lives = 0u32;
+        let mut by_event = 0u64;
         let end;
         loop {
             lives += 1;
@@ -133,6 +134,7 @@ pub async fn simulate(opts: SimOptions) -> Result<(Report, Timeline), Controller
                 b,
                 opts.seed.wrapping_add(u64::from(lives)),
             )?;
+            let snapshot = ctl.subscribe();
             let mut run = Box::pin(ctl.run(rx));
             let crash_at = next_crash.map(|c| c.0);
             // biased: a random branch order would let the controller take
@@ -146,6 +148,8 @@ pub async fn simulate(opts: SimOptions) -> Result<(Report, Timeline), Controller
                 Until::Crash => {
                     // Memory lost, AWS state kept: drop the controller as is.
                     drop(run);
+                    by_event += snapshot.borrow().summary.completed_by_event;
+                    shared.at_now().crashed();
                     let (_, restart_after) = next_crash.expect("crash scheduled");
                     next_crash = crashes.next();
                     let resume = shared.now_s() + restart_after;
@@ -159,46 +163,25 @@ pub async fn simulate(opts: SimOptions) -> Result<(Report, Timeline), Controller
                 Until::Finished | Until::TimeLimit => {
                     end = shared.now_s();
                     tx.send_replace(true);
-                    let _ = tokio::time::timeout(Duration::from_secs(60), run).await;
+                    let last = tokio::time::timeout(Duration::from_secs(60), run).await;
+                    by_event += last.map_or_else(
+                        |_| snapshot.borrow().summary.completed_by_event,
+                        |s| s.completed_by_event,
+                    );
                     break;
                 }
             }
         }
         replica_tx.send_replace(true);
-        Ok::<_, ControllerError>((end, lives))
+        Ok::<_, ControllerError>((end, lives, by_event))
     };
-    // A second controller beside the first, as during a rolling deploy.
-    let replica = async {
-        let Some(at) = sc.replica_at() else {
-            return 0;
-        };
-        let mut rx = replica_rx.clone();
-        tokio::select! {
-            biased;
-            () = tokio::time::sleep(Duration::from_secs_f64(at)) => {}
-            _ = rx.wait_for(|v| *v) => return 0,
-        }
-        let mut b = backends(&shared, sc);
-        b.claims = claims(&opts, &store, "replica");
-        match Controller::new(
-            controller_config(&opts.config),
-            opts.policy,
-            b,
-            opts.seed ^ 0x5eed_2e91_1ca0,
-        ) {
-            Ok(c) => {
-                c.run(replica_rx.clone()).await;
-                1
-            }
-            Err(_) => 0,
-        }
-    };
-    let (main, replicas) = tokio::join!(main, replica);
-    let (end, lives) = main?;
+    let replica = replica(&opts, &shared, &store, replica_rx);
+    let (main, (replicas, replica_by_event)) = tokio::join!(main, replica);
+    let (end, lives, by_event) = main?;
     let lives = lives + replicas;
     bar.finish_and_clear();
     let w = shared.at_now();
-    let report = Report::build(
+    let mut report = Report::build(
         &w,
         &opts.policy.to_string(),
         opts.seed,
@@ -207,7 +190,40 @@ pub async fn simulate(opts: SimOptions) -> Result<(Report, Timeline), Controller
         lives,
         wall.elapsed().as_secs_f64(),
     );
+    report.completed_by_event = by_event + replica_by_event;
     Ok((report, Timeline::from_world(&w)))
+}
+
+/// A second controller beside the first, as during a rolling deploy,
+/// from the scenario's replica time until `stop` turns true: its lives
+/// (0 or 1) and the ledger entries its completion events freed.
+async fn replica(
+    opts: &SimOptions,
+    shared: &Shared,
+    store: &SimClaims,
+    stop: watch::Receiver<bool>,
+) -> (u32, u64) {
+    let sc = &opts.scenario;
+    let Some(at) = sc.replica_at() else {
+        return (0, 0);
+    };
+    let mut rx = stop.clone();
+    tokio::select! {
+        biased;
+        () = tokio::time::sleep(Duration::from_secs_f64(at)) => {}
+        _ = rx.wait_for(|v| *v) => return (0, 0),
+    }
+    let mut b = backends(shared, sc);
+    b.claims = claims(opts, store, "replica");
+    match Controller::new(
+        controller_config(&opts.config),
+        opts.policy,
+        b,
+        opts.seed ^ 0x5eed_2e91_1ca0,
+    ) {
+        Ok(c) => (1, c.run(stop).await.completed_by_event),
+        Err(_) => (0, 0),
+    }
 }
 
 /// A bar over the workload's messages, or a hidden one.

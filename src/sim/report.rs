@@ -76,6 +76,29 @@ pub struct Report {
     /// Each pipeline function: its peak, its limit and its throttles.
     #[serde(default)]
     pub functions: BTreeMap<String, FunctionReport>,
+    /// Receives of workload messages beyond their first that no fault
+    /// explains (a duplicate delivery, a crash while in hand, a failed SQS
+    /// call on the message): invariant 4 says 0 outside the seed policy.
+    #[serde(default)]
+    pub unexplained_receives: u64,
+    /// Workload messages the controller moved to a DLQ with a reason at
+    /// least once (`dead_letter_reasons` counts every copy).
+    #[serde(default)]
+    pub dead_lettered_messages: u64,
+    /// Highest account-wide Lambda concurrency: the pipeline plus the
+    /// other load in use (capped by its reservation).
+    #[serde(default)]
+    pub account_peak: f64,
+    /// Calls an injected fault failed, by "service.api".
+    #[serde(default)]
+    pub faults_injected: BTreeMap<String, u64>,
+    /// Calls made inside a fault's window, by "service.api".
+    #[serde(default)]
+    pub fault_window_calls: BTreeMap<String, u64>,
+    /// Ledger entries the controllers completed from a status-change event
+    /// (before a reconcile could), over every life.
+    #[serde(default)]
+    pub completed_by_event: u64,
     /// Wall-clock seconds the simulation took.
     pub wall_s: f64,
 }
@@ -157,6 +180,23 @@ fn function_reports(w: &World) -> BTreeMap<String, FunctionReport> {
         .collect()
 }
 
+/// API calls per service and per operation, and the calls other than
+/// StartExecution.
+fn api_tallies(w: &World) -> (BTreeMap<String, u64>, BTreeMap<String, u64>, u64) {
+    let mut api_calls = BTreeMap::new();
+    let mut by_op = BTreeMap::new();
+    let mut overhead = 0u64;
+    for (op, n) in &w.stats.api_calls {
+        let service = op.split('.').next().unwrap_or(op).to_string();
+        *api_calls.entry(service).or_insert(0) += n;
+        by_op.insert(op.to_string(), *n);
+        if *op != "sfn.StartExecution" {
+            overhead += n;
+        }
+    }
+    (api_calls, by_op, overhead)
+}
+
 impl Report {
     /// The report of the run `w` holds the end of.
     pub fn build(
@@ -210,17 +250,7 @@ impl Report {
         } else {
             0.0
         };
-        let mut api_calls = BTreeMap::new();
-        let mut by_op = BTreeMap::new();
-        let mut overhead = 0u64;
-        for (op, n) in &w.stats.api_calls {
-            let service = op.split('.').next().unwrap_or(op).to_string();
-            *api_calls.entry(service).or_insert(0) += n;
-            by_op.insert(op.to_string(), *n);
-            if *op != "sfn.StartExecution" {
-                overhead += n;
-            }
-        }
+        let (api_calls, by_op, overhead) = api_tallies(w);
         let round = |x: f64| (x * 1000.0).round() / 1000.0;
         Report {
             scenario: w.scenario().name.clone(),
@@ -253,6 +283,13 @@ impl Report {
             seconds_over_ceiling: seconds_over(&w.stats.conc_peak, ceiling),
             state_transitions_throttled: w.stats.state_transitions_throttled,
             functions: function_reports(w),
+            unexplained_receives: w.unexplained_receives(),
+            dead_lettered_messages: w.origins.iter().filter(|o| o.dead_letter_sends > 0).count()
+                as u64,
+            account_peak: round(w.account_peak()),
+            faults_injected: w.stats.faults_injected.clone(),
+            fault_window_calls: w.stats.fault_window_calls.clone(),
+            completed_by_event: 0,
             wall_s: round(wall_s),
         }
     }

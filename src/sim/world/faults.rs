@@ -22,6 +22,25 @@ impl Faults {
         }
     }
 
+    /// Is call `api` of `service` at `now` inside some fault's window?
+    pub(super) fn covers(&self, service: &str, api: &str, now: f64) -> bool {
+        self.faults.iter().any(|f| match f {
+            Fault::ApiErrors {
+                service: s,
+                start_secs,
+                duration_secs,
+                ..
+            } => s == service && now >= *start_secs && now < start_secs + duration_secs,
+            Fault::ThrottleStorm {
+                api: a,
+                start_secs,
+                duration_secs,
+                ..
+            } => a == api && now >= *start_secs && now < start_secs + duration_secs,
+            _ => false,
+        })
+    }
+
     /// Does call `api` of `service` fail at `now`? Every fault whose window
     /// covers the call draws once, in scenario order; the last that fires
     /// decides.

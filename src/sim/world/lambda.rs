@@ -165,6 +165,8 @@ pub(super) struct Lambda {
     trace: MinuteTrace,
     /// The account limit less every reservation.
     unreserved_pool: f64,
+    /// The highest account-wide sum observed (pipeline + others in use).
+    account_peak: f64,
 }
 
 impl Lambda {
@@ -200,6 +202,7 @@ impl Lambda {
             acct_cap_t: 0.0,
             trace: MinuteTrace::new(0, names),
             unreserved_pool: f64::from(model.account_limit.saturating_sub(reserved_total)),
+            account_peak: 0.0,
         };
         l.observe(0.0);
         l
@@ -217,6 +220,11 @@ impl Lambda {
     /// Pipeline functions.
     pub(super) fn function_count(&self) -> usize {
         self.index.len()
+    }
+
+    /// The highest account-wide concurrency so far, other load included.
+    pub(super) fn account_peak(&self) -> f64 {
+        self.account_peak
     }
 
     /// Environments in use over every pipeline function.
@@ -253,6 +261,7 @@ impl Lambda {
     pub(super) fn observe(&mut self, t: f64) {
         let total = f64::from(self.pipeline_conc) + self.other_in_use(t);
         self.trace.account_at(t, total);
+        self.account_peak = self.account_peak.max(total);
     }
 
     /// Can function `f` get one more environment now?

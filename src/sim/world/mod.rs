@@ -8,6 +8,7 @@
 //! time and the RNG; `workflow` runs executions across them. Every random
 //! draw comes from the one RNG in event order, so a seed gives one run.
 
+mod audit;
 mod cloudwatch;
 mod faults;
 mod lambda;
@@ -123,6 +124,13 @@ pub struct Origin {
     pub deleted: bool,
     /// Its receive count when it was deleted.
     pub receive_count_at_delete: u32,
+    /// Receives beyond the first that a fault explains: a duplicate
+    /// delivery (the copy, and the stale hand's message coming back), a
+    /// crash while it was in hand, a failed SQS call on its receipt or a
+    /// failed DLQ send of it. Invariant 4 allows these and no others.
+    pub excused_receives: u32,
+    /// SendMessageBatch entries that moved it to a DLQ with a reason.
+    pub dead_letter_sends: u32,
 }
 
 /// Counters and series the report is built from.
@@ -161,6 +169,11 @@ pub struct Stats {
     /// State transitions that waited for the StateTransition bucket
     /// (CloudWatch's `ExecutionThrottled`).
     pub state_transitions_throttled: u64,
+    /// Calls an injected fault failed, by "service.api".
+    pub faults_injected: BTreeMap<String, u64>,
+    /// Calls made inside a fault's window, by "service.api": the chances
+    /// the faults had.
+    pub fault_window_calls: BTreeMap<String, u64>,
 }
 
 /// The simulated account, advanced lazily to the time of each call.
@@ -352,7 +365,20 @@ impl World {
     }
 
     fn fault(&mut self, service: &'static str, api: &str) -> Result<(), PortError> {
-        self.faults.check(service, api, self.now, &mut self.rng)
+        if !self.faults.covers(service, api, self.now) {
+            return Ok(());
+        }
+        let key = format!("{service}.{api}");
+        *self
+            .stats
+            .fault_window_calls
+            .entry(key.clone())
+            .or_default() += 1;
+        let out = self.faults.check(service, api, self.now, &mut self.rng);
+        if out.is_err() {
+            *self.stats.faults_injected.entry(key).or_default() += 1;
+        }
+        out
     }
 
     // ---- SQS ---------------------------------------------------------
@@ -363,6 +389,11 @@ impl World {
         self.fault("sqs", "receive_message")?;
         let got = self.sqs.receive(q, max, vis, self.now);
         self.stats.duplicate_deliveries += got.duplicates;
+        for o in got.duplicated {
+            // This copy, and the first hand's message coming back when its
+            // stale receipt deletes nothing.
+            self.origins[o as usize].excused_receives += 2;
+        }
         for o in got.redriven {
             self.origins[o as usize].in_dlq = true;
         }
@@ -376,7 +407,10 @@ impl World {
         receipts: &[String],
     ) -> Result<Vec<EntryFailure>, PortError> {
         self.count("sqs.DeleteMessageBatch");
-        self.fault("sqs", "delete_message")?;
+        if let Err(e) = self.fault("sqs", "delete_message") {
+            self.excuse_receipts(receipts);
+            return Err(e);
+        }
         let (failures, deleted) = self.sqs.delete(q, receipts);
         for d in deleted {
             let o = &mut self.origins[d.origin as usize];
@@ -397,7 +431,10 @@ impl World {
         vis: f64,
     ) -> Result<Vec<EntryFailure>, PortError> {
         self.count("sqs.ChangeMessageVisibilityBatch");
-        self.fault("sqs", "change_visibility")?;
+        if let Err(e) = self.fault("sqs", "change_visibility") {
+            self.excuse_receipts(receipts);
+            return Err(e);
+        }
         Ok(self.sqs.change_visibility(q, receipts, vis, self.now))
     }
 
@@ -409,8 +446,6 @@ impl World {
         entries: &[OutgoingMessage],
     ) -> Result<Vec<EntryFailure>, PortError> {
         self.count("sqs.SendMessageBatch");
-        self.fault("sqs", "send_message")?;
-        let mut rng = StdRng::seed_from_u64(self.seq ^ self.sqs.message_count() as u64);
         let dead_letter = q == PRIORITY_DLQ || q == BULK_DLQ;
         let attribute = |e: &'_ OutgoingMessage, name: &str| {
             e.attributes
@@ -418,6 +453,18 @@ impl World {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.clone())
         };
+        if let Err(e) = self.fault("sqs", "send_message") {
+            // The message being moved stays and comes back.
+            for e in entries {
+                if let Some(src) = attribute(e, crate::controller::SOURCE_ID_ATTRIBUTE)
+                    && let Some(o) = self.sqs.origin_of(&src)
+                {
+                    self.origins[o as usize].excused_receives += 1;
+                }
+            }
+            return Err(e);
+        }
+        let mut rng = StdRng::seed_from_u64(self.seq ^ self.sqs.message_count() as u64);
         for e in entries {
             if dead_letter && let Some(why) = attribute(e, crate::controller::REASON_CODE_ATTRIBUTE)
             {
@@ -427,7 +474,9 @@ impl World {
                 && let Some(src) = attribute(e, crate::controller::SOURCE_ID_ATTRIBUTE)
                 && let Some(o) = self.sqs.origin_of(&src)
             {
-                self.origins[o as usize].in_dlq = true;
+                let o = &mut self.origins[o as usize];
+                o.in_dlq = true;
+                o.dead_letter_sends += 1;
             }
             self.sqs
                 .send(q, e.body.clone(), e.delay, self.now, &mut rng);

@@ -71,6 +71,8 @@ pub(super) struct Received {
     pub(super) redriven: Vec<u32>,
     /// Messages among them delivered again while in another's hand.
     pub(super) duplicates: u64,
+    /// The workload origins of those duplicate deliveries.
+    pub(super) duplicated: Vec<u32>,
 }
 
 /// A workload message a delete removed.
@@ -238,6 +240,7 @@ impl Sqs {
             if msg.state == MsgState::Hidden && msg.queue == q {
                 self.deliver(q, m, vis, now, &mut out);
                 out.duplicates += 1;
+                out.duplicated.extend(self.msgs[m as usize].origin);
             }
         }
         while out.messages.len() < max {
@@ -363,6 +366,28 @@ impl Sqs {
             }
         }
         failures
+    }
+
+    /// The workload origin of the message a receipt is for, stale or not.
+    pub(super) fn origin_of_receipt(&self, receipt: &str) -> Option<u32> {
+        let (m, _) = self.parse_receipt(receipt)?;
+        self.msgs[m as usize].origin
+    }
+
+    /// Origins of the workload messages in someone's hand (or delayed).
+    pub(super) fn hidden_origins(&self) -> Vec<u32> {
+        self.msgs
+            .iter()
+            .filter(|m| m.state == MsgState::Hidden)
+            .filter_map(|m| m.origin)
+            .collect()
+    }
+
+    /// Each workload message's receive count, by origin.
+    pub(super) fn receive_counts(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.msgs
+            .iter()
+            .filter_map(|m| Some((m.origin?, m.receive_count)))
     }
 
     /// Visible messages in queue `q` (as of its last refresh).
