@@ -10,6 +10,25 @@ fn scenario() -> String {
     format!("{}/tests/scenarios/small.toml", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The field names README's report table gives (its first column, in
+/// backticks), sorted as serde_json keeps an object's keys.
+fn documented_report_fields() -> Vec<&'static str> {
+    let readme = include_str!("../README.md");
+    let table = readme
+        .split("### The report")
+        .nth(1)
+        .expect("README has \"### The report\"");
+    let mut fields: Vec<&str> = table
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2) // the header and its rule
+        .flat_map(|l| l.split('|').nth(1).unwrap().split('`').skip(1).step_by(2))
+        .collect();
+    fields.sort_unstable();
+    fields
+}
+
 #[test]
 fn simulate_json_is_one_object_with_the_documented_fields() {
     for policy in ["adaptive", "seed", "fixed"] {
@@ -38,30 +57,16 @@ fn simulate_json_is_one_object_with_the_documented_fields() {
             "one line of JSON: {stdout}"
         );
         let r: serde_json::Value = serde_json::from_str(&stdout).expect("stdout is JSON");
-        for field in [
-            "scenario",
-            "policy",
-            "seed",
-            "messages",
-            "started",
-            "duplicates",
-            "lost",
-            "dlq",
-            "makespan_s",
-            "ideal_s",
-            "efficiency",
-            "ceiling",
-            "peak_concurrency",
-            "utilization",
-            "max_receive_count",
-            "lambda_throttles",
-            "api_calls",
-            "wall_s",
-        ] {
-            assert!(
-                r.get(field).is_some(),
-                "{policy}: report lacks {field}: {r}"
-            );
+        let fields: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            fields,
+            documented_report_fields(),
+            "{policy}: the report's fields and README's table (\"The report\") differ"
+        );
+        for (name, f) in r["functions"].as_object().unwrap() {
+            for key in ["peak", "limit", "throttles"] {
+                assert!(f.get(key).is_some(), "{policy}: {name} lacks {key}: {r}");
+            }
         }
         assert_eq!(r["scenario"], "small");
         assert_eq!(r["policy"], policy);

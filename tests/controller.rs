@@ -233,6 +233,71 @@ fn the_learned_width_is_kept_with_the_state_machine_for_the_next_start() {
     })
     .unwrap();
     assert_eq!(r.remembered_lambdas_per_execution, None, "{r:?}");
+    for op in ["sfn.ListTagsForResource", "sfn.TagResource"] {
+        assert_eq!(r.api_calls_by_operation.get(op), None, "{op}: {r:?}");
+    }
+}
+
+/// k̂ each second of a controller's first `secs` on `next-refresh` (full
+/// size: at a tenth the noise margin lifts a ramp minute over the maximum),
+/// whose state machine carries `remembered` as the width a previous life
+/// left; and the world after.
+async fn k_from_the_start(remembered: f64, remember: bool, secs: u64) -> (Vec<f64>, Shared) {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/scenarios/next-refresh.toml");
+    let mut sc = Scenario::load(&path).unwrap();
+    sc.workload.bulk = 30_000;
+    sc.sfn.remembered_lambdas_per_execution = Some(remembered);
+    let shared = Shared::new(World::new(&sc, 1));
+    let mut cfg = config(sc.ceiling);
+    cfg.estimator.remember = remember;
+    let ctl = Controller::new(cfg, Policy::Adaptive, backends(&shared, &sc), 1).unwrap();
+    let snap = ctl.subscribe();
+    let (tx, rx) = watch::channel(false);
+    let script = async {
+        let mut k = Vec::new();
+        for _ in 0..secs {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let s = *snap.borrow();
+            if s.ready {
+                k.push(s.k);
+            }
+        }
+        tx.send_replace(true);
+        k
+    };
+    let (_, k) = tokio::join!(ctl.run(rx), script);
+    (k, shared)
+}
+
+/// The next life starts from the width the last one left with the state
+/// machine: at its first usable CloudWatch minute, minutes before a cold
+/// controller could learn anything (it needs a stable minute a lifetime
+/// after the ramp). 2.5 is above what this ramp's minutes show (~2.2), so
+/// it is the remembered value itself that k̂ takes, not a measurement.
+// k̂ is compared exactly: the maximum and the remembered value are
+// applied as they are, not computed.
+#[allow(clippy::float_cmp)]
+#[tokio::test(start_paused = true)]
+async fn the_next_life_starts_from_the_remembered_width() {
+    let (k, shared) = k_from_the_start(2.5, true, 240).await;
+    assert_eq!(k[0], 3.0, "the first ramp is as careful as a cold start");
+    let first_move = k.iter().position(|&x| x != 3.0);
+    let moved_to = first_move.map(|i| k[i]);
+    assert_eq!(moved_to, Some(2.5), "k̂ over the first 240 s: {k:?}");
+    eprintln!("remembered 2.5 applied after {first_move:?} s");
+    let calls = shared.at_now().stats.api_calls.clone();
+    assert_eq!(calls.get("sfn.ListTagsForResource"), Some(&1), "{calls:?}");
+
+    // Off: nothing read, nothing written, and the same minutes leave k̂ at
+    // the maximum.
+    let (k, shared) = k_from_the_start(2.5, false, 240).await;
+    assert!(k.iter().all(|&x| x == 3.0), "{k:?}");
+    let w = shared.at_now();
+    for op in ["sfn.ListTagsForResource", "sfn.TagResource"] {
+        assert_eq!(w.stats.api_calls.get(op), None, "{op}");
+    }
+    assert_eq!(w.remembered(), Some(2.5), "the tag is left as it was");
 }
 
 /// Config hot reload on a running controller: a lower ceiling brings the

@@ -1177,3 +1177,59 @@ async fn sighup_with_the_config_in_the_environment_changes_nothing() {
     let (code, _) = ctl.wait_exit(Duration::from_secs(15)).await;
     assert_eq!(code, Some(0), "{}", ctl.log());
 }
+
+/// `[completion_queue]` in `fanout run`: EventBridge's status-change events
+/// (put on the queue here, as the rule would; moto emits none) free their
+/// execution's capacity long before a reconcile would, and another state
+/// machine's event frees nothing. The scripted fake (`tests/rules.rs`)
+/// pins the filtering; this pins `run`'s wiring of the queue on SQS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_events_free_capacity_before_a_reconcile() {
+    let env = Env::new(30).await;
+    let events = create_queue(&env.aws, "events", None).await;
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    assert!(text.contains("\nreconcile_interval_secs = 1\n"));
+    // Only the first reconcile runs in this test: what lowers the running
+    // count is the events.
+    let text = text.replace(
+        "\nreconcile_interval_secs = 1\n",
+        "\nreconcile_interval_secs = 600\n",
+    ) + &format!("\n[completion_queue]\nurl = \"{events}\"\n");
+    std::fs::write(&env.config, text).unwrap();
+    env.enqueue_bulk(3);
+    let mut ctl = env.start("completions");
+    let port = env.http_port;
+    until(&mut ctl, port, "fanout_starts_total", 3.0, 30).await;
+    until(&mut ctl, port, "fanout_running_executions", 3.0, 10).await;
+    let names: Vec<String> = env.executions().await.into_keys().collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    let event = |arn: &str, name: &str| {
+        format!(
+            r#"{{"source":"aws.states","detail-type":"Step Functions Execution Status Change","detail":{{"stateMachineArn":"{arn}","name":"{name}","status":"SUCCEEDED"}}}}"#
+        )
+    };
+    let send = |body: String| {
+        env.aws
+            .sqs
+            .send_message()
+            .queue_url(&events)
+            .message_body(body)
+            .send()
+    };
+    let other = env.arn.replace("pipeline", "someone-else");
+    send(event(&other, &names[0])).await.unwrap();
+    until(
+        &mut ctl,
+        port,
+        "fanout_stray_completion_events_total",
+        1.0,
+        20,
+    )
+    .await;
+    assert_eq!(metric(port, "fanout_running_executions"), Some(3.0));
+    send(event(&env.arn, &names[0])).await.unwrap();
+    until(&mut ctl, port, "fanout_running_executions", 2.0, 20).await;
+    ctl.signal("-TERM");
+    let (code, _) = ctl.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "{}", ctl.log());
+}

@@ -2,11 +2,19 @@
 //! with minimumHealthyPercent 0): with a `[coordination]` table they split
 //! the ceiling and Lambda's scaling through conditional writes, so the
 //! pipeline stays under one ceiling from the first second; without one,
-//! both fill the same room (the failure this guards against is shown too).
+//! both fill the same room (the failure this guards against is shown too),
+//! though the reconcile's sharing rule splits what room it sees.
+
+use std::time::Duration;
 
 use fanout::config::{Config, Policy};
+use fanout::controller::Controller;
+use fanout::sim::driver::backends;
+use fanout::sim::ports::Shared;
 use fanout::sim::scenario::Fault;
+use fanout::sim::world::World;
 use fanout::sim::{Report, Scenario, SimOptions};
+use tokio::sync::watch;
 
 /// `two-replicas` at a tenth, its second controller at `at_secs`.
 fn run(at_secs: f64, coordinated: bool, seed: u64) -> Report {
@@ -73,4 +81,80 @@ fn without_a_claim_table_two_controllers_started_together_overshoot() {
         r.lambda_throttles > 0 || r.peak_concurrency > r.ceiling,
         "{r:?}"
     );
+}
+
+/// Without a table the reconcile's rule shares the free room: once a pass
+/// lists executions another controller started, each takes only its share
+/// of the room, `ours / (ours + foreign)`. Both controllers must be seen
+/// taking a part, not the whole, while both run.
+#[tokio::test(start_paused = true)]
+async fn without_a_table_each_controller_takes_its_share_of_the_room() {
+    let sc = Scenario::parse(
+        r#"
+name = "two"
+ceiling = 300
+[workload]
+bulk = 8000
+[lambda]
+account_limit = 400
+[[workflow]]
+task = "prepare"
+median_secs = 10.0
+[[workflow]]
+map_items = 4
+max_concurrency = 3
+[[workflow.iteration]]
+task = "predict"
+median_secs = 10.0
+[[workflow]]
+task = "publish"
+median_secs = 4.0
+"#,
+        "two",
+    )
+    .unwrap();
+    let world = Shared::new(World::new(&sc, 6));
+    let mut config = Config::default();
+    config.controller.ceiling = sc.ceiling;
+    let start = |seed| {
+        Controller::new(
+            config.clone(),
+            Policy::Adaptive,
+            backends(&world, &sc),
+            seed,
+        )
+        .unwrap()
+    };
+    let (first, second) = (start(6), start(7));
+    let (a, b) = (first.subscribe(), second.subscribe());
+    let (tx, rx) = watch::channel(false);
+    let later = async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        second.run(rx.clone()).await
+    };
+    let script = async {
+        let (mut alone, mut shares) = (Vec::new(), (Vec::new(), Vec::new()));
+        for t in 0..300 {
+            let (x, y) = (*a.borrow(), *b.borrow());
+            if t < 5 {
+                alone.extend(x.room_share);
+            }
+            shares.0.extend(x.room_share);
+            shares.1.extend(y.room_share);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        tx.send_replace(true);
+        (alone, shares)
+    };
+    let (_, _, (alone, (ours, theirs))) = tokio::join!(first.run(rx.clone()), later, script);
+    eprintln!(
+        "seconds sharing: first {}, second {}",
+        ours.len(),
+        theirs.len()
+    );
+    assert!(alone.is_empty(), "alone, it shared: {alone:?}");
+    for (who, s) in [("first", &ours), ("second", &theirs)] {
+        assert!(s.len() >= 30, "{who} shared the room for {} s", s.len());
+        assert!(s.iter().all(|&f| (0.1..1.0).contains(&f)), "{who}: {s:?}");
+    }
 }

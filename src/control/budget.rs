@@ -99,6 +99,10 @@ pub struct Decision {
     pub target: usize,
     /// Which limit set the budget.
     pub limit: Limit,
+    /// The fraction of the free room taken under the reconcile's sharing
+    /// rule (another controller starting, no claim record), when it cut
+    /// the budget.
+    pub room_share: Option<f64>,
 }
 
 /// The smallest share of the free room a controller takes while another
@@ -314,6 +318,7 @@ impl Admission {
         let share = (i.ours as f64 / total).max(MIN_SHARE);
         Decision {
             budget: (d.budget as f64 * share).floor() as usize,
+            room_share: Some(share),
             ..d
         }
     }
@@ -324,6 +329,7 @@ impl Admission {
                 budget: self.fixed_cap.saturating_sub(committed),
                 target: self.fixed_cap,
                 limit: Limit::Ceiling,
+                room_share: None,
             },
             Policy::Seed => {
                 // The seed checks each message after receiving it; the
@@ -336,6 +342,7 @@ impl Admission {
                     budget: usize::from(room > m),
                     target,
                     limit: Limit::Ceiling,
+                    room_share: None,
                 }
             }
             Policy::Adaptive => self.adaptive(i, dt, committed),
@@ -419,6 +426,7 @@ impl Admission {
             budget: (cap - committed as f64).max(0.0) as usize,
             target: target as usize,
             limit,
+            room_share: None,
         }
     }
 }

@@ -215,6 +215,7 @@ mod tests {
             budget,
             target,
             limit,
+            room_share: None,
         }
     }
 

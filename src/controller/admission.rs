@@ -62,7 +62,7 @@ where
             share: self.share(&st, backend_now),
         };
         let d = st.admission.decide(inputs);
-        self.publish(&st, d.budget, d.target);
+        self.publish(&st, &d);
         d
     }
 

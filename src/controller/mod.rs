@@ -32,7 +32,7 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::control::Policy;
-use crate::control::budget::Admission;
+use crate::control::budget::{Admission, Decision};
 use crate::control::claims::Part;
 use crate::control::estimator::Estimator;
 use crate::control::ledger::{Ledger, Secs};
@@ -151,6 +151,10 @@ pub struct Snapshot {
     pub k: f64,
     /// The first reconcile is done.
     pub ready: bool,
+    /// The fraction of the free room the last decision took because
+    /// another controller is starting executions (the reconcile's sharing
+    /// rule, without a claim record); None when it did not apply.
+    pub room_share: Option<f64>,
     /// Counts so far.
     pub summary: RunSummary,
 }
@@ -341,7 +345,8 @@ where
         summary
     }
 
-    fn publish(&self, st: &State, budget: usize, target: usize) {
+    fn publish(&self, st: &State, d: &Decision) {
+        let (budget, target) = (d.budget, d.target);
         let snap = Snapshot {
             running: st.ledger.in_flight(),
             in_hand: st.in_hand,
@@ -349,6 +354,7 @@ where
             target,
             k: st.estimator.k(),
             ready: st.ready,
+            room_share: d.room_share,
             summary: st.summary,
         };
         self.snapshot.send_replace(snap);
