@@ -674,11 +674,11 @@ fn dashboard() -> (Value, &'static serde_json::Map<String, Value>) {
         let end = at + rest[at..].find('}').expect("an unclosed ${");
         let name = &rest[at + 2..end];
         text.push_str(&rest[..at]);
-        text.push_str(&if name == "Ceiling" {
-            "123457".into()
+        if name == "Ceiling" {
+            text.push_str("123457");
         } else {
-            format!("<{name}>")
-        });
+            text.extend(["<", name, ">"]);
+        }
         rest = &rest[end + 1..];
     }
     text.push_str(rest);

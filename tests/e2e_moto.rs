@@ -564,18 +564,14 @@ async fn drains_bulk_and_priority_at_the_ceiling() {
     let (_, metrics) = http(env.http_port, "GET", "/metrics", "").unwrap();
     assert!(metrics.contains("fanout_ceiling 20"), "{metrics}");
     // What the run did, not only that the series exist: every message
-    // started once and deleted once (queue depths are polled, so they
-    // may still show the last poll's).
-    assert_eq!(
-        metric(env.http_port, "fanout_starts_total"),
-        Some(305.0),
-        "{metrics}"
-    );
-    assert_eq!(
-        metric(env.http_port, "fanout_deletes_total"),
-        Some(305.0),
-        "{metrics}"
-    );
+    // started and deleted. At least once: on a loaded machine a message
+    // whose visibility ran out before its delete is received again and
+    // started again under its name, which Step Functions answers with the
+    // same execution (CI saw 306); one execution each is asserted below.
+    for series in ["fanout_starts_total", "fanout_deletes_total"] {
+        let n = metric(env.http_port, series).unwrap_or(0.0);
+        assert!((305.0..=320.0).contains(&n), "{series} {n}: {metrics}");
+    }
 
     let url = format!("http://127.0.0.1:{}", env.http_port);
     let status = run_fanout(&[

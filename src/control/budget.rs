@@ -218,6 +218,15 @@ impl Admission {
         true
     }
 
+    /// Lambda throttled functions growing at its scaling rate, while
+    /// `predicted` Lambdas (running × k̂, the ramp's own units) ran: hold
+    /// the ramp there and halve its rate; the target stands (the throttles
+    /// said how fast, not how high).
+    pub fn scaling_throttled(&mut self, predicted: f64) {
+        self.ramp_cap = self.ramp_cap.min(predicted);
+        self.ramp_rate_now = (self.ramp_rate_now / 2.0).max(self.ramp_rate / 64.0);
+    }
+
     /// A minute without throttles: give the ramp back a tenth of its rate,
     /// and a target held by a throttle `RECOVERY_PER_MINUTE` of the ceiling.
     pub fn clean_minute(&mut self) {

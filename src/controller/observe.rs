@@ -93,7 +93,18 @@ where
     /// What one minute changes beyond k̂: the throttle brake, the ramp's
     /// recovery, the reports.
     fn apply_reading(&self, st: &mut State, s: &ConcurrencySample, r: &Reading, now_s: f64) {
-        if let Some(level) = r.throttled {
+        if let (Some(level), true) = (r.throttled, r.scaling) {
+            let predicted = r.running.map_or(level, |n| n * st.estimator.k());
+            st.admission.scaling_throttled(predicted);
+            warn!(
+                minute = s.minute_start_s,
+                concurrency = level,
+                throttles = s.throttles,
+                ramp_per_s = st.admission.ramp_rate_now(),
+                "Lambda throttled pipeline functions growing at its scaling rate (1,000 environments per 10 s each); halving the ramp, the target stands: lower controller.ramp_concurrency_per_s if this repeats"
+            );
+            self.tally_in(st, Counter::LambdaThrottledMinutes, 1);
+        } else if let Some(level) = r.throttled {
             let cut = st
                 .admission
                 .throttled(level, s.minute_start_s as f64, now_s);

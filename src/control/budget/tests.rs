@@ -181,6 +181,32 @@ fn a_throttled_minute_cuts_the_target_once_per_lifetime_and_clean_ones_give_it_b
     assert_eq!(a.decide(inputs(2.0, 0, 4.0)).target, 2000);
 }
 
+#[test]
+fn a_throttle_of_lambdas_scaling_rate_slows_the_ramp_and_keeps_the_target() {
+    let mut a = Admission::new(Policy::Adaptive, &cfg(8_000));
+    a.decide(inputs(0.0, 0, 4.0));
+    a.scaling_throttled(3000.0);
+    assert_eq!(
+        a.throttle_cap(),
+        None,
+        "the level was not what Lambda refused"
+    );
+    assert_eq!(a.ramp_rate_now(), 50.0);
+    let d = a.decide(inputs(1.0, 700, 4.0));
+    assert_eq!(d.target, 2000, "the target stands");
+    assert_eq!(
+        d.limit,
+        Limit::Ramp,
+        "the ramp holds at the level of that minute"
+    );
+    assert!(d.budget <= 50, "{} starts on a held ramp", d.budget);
+    // Clean minutes give the ramp its rate back.
+    for _ in 0..10 {
+        a.clean_minute();
+    }
+    assert_eq!(a.ramp_rate_now(), 100.0);
+}
+
 proptest::proptest! {
     /// Starts the functions' widths by age allow bound the target above
     /// what runs, whatever else allows.

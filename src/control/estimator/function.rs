@@ -7,12 +7,19 @@
 use std::collections::BTreeMap;
 
 use super::width::Width;
+use super::{ConcurrencySample, Seen};
 
 /// A learned limit rises by this fraction of itself per clean minute of
 /// its function: a throttle that had another cause (Lambda's scaling
 /// rate, a burst of other load) is forgotten within minutes, while a real
 /// limit is found again a little above the level it was held at.
 pub const LEARNED_LIMIT_RAISE: f64 = 0.02;
+
+/// Growth of a function's minute maximum over the minute before it that
+/// only Lambda's scaling explains: half of what it allows a function (1,000
+/// execution environments every 10 s, 6,000 a minute; AWS Lambda developer
+/// guide, "Lambda scaling behavior").
+pub(super) const SCALING_GROWTH_PER_MINUTE: f64 = 3000.0;
 
 /// An account within this fraction of its limit explains a throttle by
 /// itself: no function limit is learned from that minute.
@@ -80,6 +87,77 @@ impl Function {
             }
             _ => None,
         }
+    }
+}
+
+impl super::Estimator {
+    /// Function limits learned from this minute's per-function throttles
+    /// (a re-read counts only a function newly seen throttled), and
+    /// whether every function newly seen throttled was growing at Lambda's
+    /// scaling rate (then the throttles say how fast, not how high).
+    pub(super) fn learn_limits(
+        &mut self,
+        s: &ConcurrencySample,
+        seen: &Seen,
+        prev: Option<&Seen>,
+    ) -> (Vec<(String, f64)>, bool) {
+        // Every running function throttled at once is the account (at its
+        // limit, or scaling up: the legacy burst model), not a limit of
+        // each; one function alone cannot tell the two apart.
+        let running = seen
+            .functions
+            .values()
+            .filter(|(max, _)| *max > 0.0)
+            .count();
+        let throttled = seen
+            .functions
+            .values()
+            .filter(|(_, t)| t.is_some_and(|t| t > 0.0))
+            .count();
+        let all_throttled = running >= 2 && throttled >= running;
+        let at_limit = all_throttled || account_at_limit(s.account_max, self.cfg.account_limit);
+        let mut learned = Vec::new();
+        let mut scaling = None;
+        let minute = s.minute_start_s;
+        let before: Option<BTreeMap<String, f64>> = minute
+            .checked_sub(60)
+            .and_then(|m| self.seen.get(&m))
+            .map(|b| {
+                b.functions
+                    .iter()
+                    .map(|(n, &(m, _))| (n.clone(), m))
+                    .collect()
+            });
+        let first = self.seen.range(..minute).next().is_none();
+        for (name, &(max, thr)) in &seen.functions {
+            let was_throttled = prev
+                .and_then(|p| p.functions.get(name))
+                .is_some_and(|&(_, t)| t.is_some_and(|t| t > 0.0));
+            let now_throttled = thr.is_some_and(|t| t > 0.0);
+            if prev.is_some() && (was_throttled || !now_throttled) {
+                continue;
+            }
+            // Growing at Lambda's scaling rate, a function is throttled below
+            // any limit of its own: the brake answers, no limit is learned
+            // (it held the pipeline at the ramp's level for an hour).
+            let from = match before.as_ref().and_then(|b| b.get(name)) {
+                Some(&m) => Some(m),
+                None if first => Some(0.0),
+                None => None,
+            };
+            if now_throttled {
+                if from.is_some_and(|m| max - m >= SCALING_GROWTH_PER_MINUTE) {
+                    scaling.get_or_insert(true);
+                    continue;
+                }
+                scaling = Some(false);
+            }
+            let f = self.function_entry(name);
+            if let Some(l) = f.limit_minute(max, thr, at_limit) {
+                learned.push((name.clone(), l));
+            }
+        }
+        (learned, scaling.unwrap_or(false))
     }
 }
 
@@ -202,6 +280,8 @@ mod tests {
     #[test]
     fn a_function_throttled_below_the_account_limit_is_held_at_that_level() {
         let mut e = est(Some(20_000.0));
+        let before = [("prep", 1000.0, 0.0), ("map", 5000.0, 0.0)];
+        e.on_sample(&minute(4, Some(8_000.0), &before), None);
         let r = e.on_sample(
             &minute(
                 5,
@@ -222,6 +302,37 @@ mod tests {
         // Running clean above it shows the limit is at least that.
         e.on_sample(&minute(7, Some(7_000.0), &[("map", 6500.0, 0.0)]), None);
         assert_eq!(limit_of(&e, "map"), Some(6500.0));
+    }
+
+    #[test]
+    fn a_function_throttled_while_growing_at_lambdas_scaling_rate_learns_no_limit() {
+        // A ramp faster than Lambda scales one function: from nothing to
+        // 5,709 in the first minute, refused above. Not a limit of its own.
+        let mut e = est(Some(20_000.0));
+        let ramp = [("prep", 1000.0, 0.0), ("map", 5709.0, 3297.0)];
+        let r = e.on_sample(&minute(0, Some(7_000.0), &ramp), None);
+        assert!(r.limits_learned.is_empty(), "{:?}", r.limits_learned);
+        assert!(r.throttled.is_some(), "the ramp's brake applies");
+        // Grown by 3,500 from the minute before: still scaling.
+        let r = e.on_sample(
+            &minute(
+                1,
+                Some(10_500.0),
+                &[("prep", 1000.0, 0.0), ("map", 9209.0, 10.0)],
+            ),
+            None,
+        );
+        assert!(r.limits_learned.is_empty(), "{:?}", r.limits_learned);
+        // Held near one level and refused there: a limit.
+        let r = e.on_sample(
+            &minute(
+                2,
+                Some(10_500.0),
+                &[("prep", 1000.0, 0.0), ("map", 9300.0, 40.0)],
+            ),
+            None,
+        );
+        assert_eq!(r.limits_learned, vec![("map".to_string(), 9300.0)]);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use crate::control::asl::{Widths, function_name};
 use crate::ports::ConcurrencySample;
 use age::{Profile, Starts};
-use function::{Function, account_at_limit};
+use function::Function;
 pub use function::{FunctionBound, LEARNED_LIMIT_RAISE};
 use width::Width;
 
@@ -101,6 +101,11 @@ pub struct Reading {
     pub over_max: Option<f64>,
     /// Function limits learned from this minute's throttles.
     pub limits_learned: Vec<(String, f64)>,
+    /// Every function throttled in it was growing at Lambda's scaling
+    /// rate: the throttles say how fast it may grow, not how high.
+    pub scaling: bool,
+    /// The controller's most running executions in that minute.
+    pub running: Option<f64>,
 }
 
 impl Reading {
@@ -114,6 +119,8 @@ impl Reading {
             measured: None,
             over_max: None,
             limits_learned: Vec::new(),
+            scaling: false,
+            running: None,
         }
     }
 }
@@ -539,7 +546,8 @@ impl Estimator {
             r.throttled = Some(seen.bound);
         }
         r.clean = prev.is_none() && s.throttles.is_some_and(|t| t <= 0.0);
-        r.limits_learned = self.learn_limits(s, &seen, prev.as_ref());
+        (r.limits_learned, r.scaling) = self.learn_limits(s, &seen, prev.as_ref());
+        r.running = self.minutes.get(&minute).map(|m| m.max);
         let Some(stats) = self.minutes.get(&minute).copied() else {
             return r;
         };
@@ -622,46 +630,6 @@ impl Estimator {
             f.width
                 .feed(r.minute, max / running * margin, f_stable, keep_s, 0.0);
         }
-    }
-
-    /// Function limits learned from this minute's per-function throttles
-    /// (a re-read counts only a function newly seen throttled).
-    fn learn_limits(
-        &mut self,
-        s: &ConcurrencySample,
-        seen: &Seen,
-        prev: Option<&Seen>,
-    ) -> Vec<(String, f64)> {
-        // Every running function throttled at once is the account (at its
-        // limit, or scaling up: the legacy burst model), not a limit of
-        // each; one function alone cannot tell the two apart.
-        let running = seen
-            .functions
-            .values()
-            .filter(|(max, _)| *max > 0.0)
-            .count();
-        let throttled = seen
-            .functions
-            .values()
-            .filter(|(_, t)| t.is_some_and(|t| t > 0.0))
-            .count();
-        let all_throttled = running >= 2 && throttled >= running;
-        let at_limit = all_throttled || account_at_limit(s.account_max, self.cfg.account_limit);
-        let mut learned = Vec::new();
-        for (name, &(max, thr)) in &seen.functions {
-            let was_throttled = prev
-                .and_then(|p| p.functions.get(name))
-                .is_some_and(|&(_, t)| t.is_some_and(|t| t > 0.0));
-            let now_throttled = thr.is_some_and(|t| t > 0.0);
-            if prev.is_some() && (was_throttled || !now_throttled) {
-                continue;
-            }
-            let f = self.function_entry(name);
-            if let Some(l) = f.limit_minute(max, thr, at_limit) {
-                learned.push((name.clone(), l));
-            }
-        }
-        learned
     }
 }
 
