@@ -66,6 +66,10 @@ impl WorkQueue for Endless {
     async fn send_batch(&self, _: &[OutgoingMessage]) -> Result<Vec<EntryFailure>, PortError> {
         Ok(Vec::new())
     }
+
+    async fn depth(&self) -> Result<fanout::ports::QueueDepth, PortError> {
+        Ok(fanout::ports::QueueDepth::default())
+    }
 }
 
 /// Executions start and never finish.

@@ -27,11 +27,13 @@ pub enum Gauge {
     ClaimedLambdas,
     /// Live controllers in the shared claim record (0 without).
     LiveControllers,
+    /// Executions completed per second, as the backlog's ETA assumes.
+    CompletionsPerSecond,
 }
 
 impl Gauge {
     /// Every gauge, in the order they are rendered.
-    pub const ALL: [Gauge; 9] = [
+    pub const ALL: [Gauge; 10] = [
         Gauge::RunningExecutions,
         Gauge::InHand,
         Gauge::Budget,
@@ -41,6 +43,7 @@ impl Gauge {
         Gauge::FunctionLimitRunning,
         Gauge::ClaimedLambdas,
         Gauge::LiveControllers,
+        Gauge::CompletionsPerSecond,
     ];
 
     /// The exported name, without the `fanout_` prefix.
@@ -55,6 +58,7 @@ impl Gauge {
             Gauge::FunctionLimitRunning => "function_limit_running",
             Gauge::ClaimedLambdas => "claimed_lambdas",
             Gauge::LiveControllers => "live_controllers",
+            Gauge::CompletionsPerSecond => "completions_per_second",
         }
     }
 
@@ -79,6 +83,9 @@ impl Gauge {
             }
             Gauge::LiveControllers => {
                 "Controllers with a live claim in the shared record, this one included (0: no [coordination] table)."
+            }
+            Gauge::CompletionsPerSecond => {
+                "Executions completed per second as the backlog ETA assumes: running executions the ceiling allows / mean lifetime, or the measured rate before a lifetime is known (0: none known)."
             }
         }
     }
@@ -242,6 +249,29 @@ impl Counter {
     pub const fn index(self) -> usize {
         self as usize
     }
+}
+
+/// The backlog's progress, published by the controller every 30 s.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    /// Executions per second the estimate assumes.
+    pub rate_per_s: f64,
+    /// Where the rate comes from (`control::eta::RateSource::name`).
+    pub rate_source: &'static str,
+    /// Per queue, in priority order.
+    pub queues: Vec<QueueProgress>,
+}
+
+/// One queue's backlog and expected finish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueProgress {
+    /// The queue's name in the config.
+    pub queue: String,
+    /// Messages left on it (visible, in flight, delayed).
+    pub left: u64,
+    /// Seconds until its last execution is expected to end (0: nothing
+    /// left to start).
+    pub eta_s: f64,
 }
 
 /// A label value as the Prometheus text format wants it: backslash, double

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::metrics::{Counter, Gauge};
+use crate::metrics::{Counter, Gauge, Progress};
 
 /// How a backend call failed, as the controller needs to react to it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -113,6 +113,29 @@ pub trait WorkQueue: Send + Sync {
         &self,
         entries: &[OutgoingMessage],
     ) -> impl Future<Output = Result<Vec<EntryFailure>, PortError>> + Send;
+
+    /// The queue's approximate message counts (SQS GetQueueAttributes).
+    fn depth(&self) -> impl Future<Output = Result<QueueDepth, PortError>> + Send;
+}
+
+/// Approximate message counts of a queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueDepth {
+    /// Messages available to receive (ApproximateNumberOfMessages).
+    pub visible: u64,
+    /// Messages received and not yet deleted or visible again
+    /// (ApproximateNumberOfMessagesNotVisible).
+    pub in_flight: u64,
+    /// Messages sent with a delay not yet over
+    /// (ApproximateNumberOfMessagesDelayed).
+    pub delayed: u64,
+}
+
+impl QueueDepth {
+    /// Every message still on the queue: visible, in flight and delayed.
+    pub fn total(self) -> u64 {
+        self.visible + self.in_flight + self.delayed
+    }
 }
 
 /// A message to send.
@@ -295,6 +318,10 @@ pub trait MetricsSink: Send + Sync {
     fn gauge(&self, gauge: Gauge, value: f64);
     /// Add to a counter.
     fn count(&self, counter: Counter, n: u64);
+    /// The backlog's progress and expected finish, per queue.
+    fn progress(&self, progress: &Progress) {
+        let _ = progress;
+    }
 }
 
 /// A sink that drops everything.

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::controller::Snapshot;
-use crate::metrics::{Counter, Gauge, escape_label_value};
+use crate::metrics::{Counter, Gauge, Progress, escape_label_value};
 use crate::ports::MetricsSink;
 
 /// `/healthz` fails when the last snapshot is older than this: the
@@ -72,6 +72,8 @@ struct Inner {
     counters: [u64; Counter::ALL.len()],
     /// (queue, state) → messages.
     depths: BTreeMap<(String, &'static str), u64>,
+    /// queue → seconds until its backlog is expected done.
+    etas: BTreeMap<String, f64>,
     snapshot: Snapshot,
     updated: Option<Instant>,
     /// The ceiling in force (it changes on a config reload).
@@ -160,6 +162,9 @@ impl Telemetry {
                 .map(|c| (c.name().to_string(), i.counters[c.index()] as f64)),
         );
         out.push(("ceiling".into(), f64::from(i.ceiling)));
+        for (q, eta) in &i.etas {
+            out.push((format!("backlog_eta_seconds_{q}"), *eta));
+        }
         for (r, n) in &i.reloads {
             out.push((format!("config_reloads_{r}"), *n as f64));
         }
@@ -212,6 +217,13 @@ impl Telemetry {
                 );
             }
         }
+        if !i.etas.is_empty() {
+            out.push_str("# HELP fanout_backlog_eta_seconds Seconds until the queue's backlog is expected done: everything ahead of it in priority order and itself started at fanout_completions_per_second, plus a mean lifetime (0: nothing left).\n# TYPE fanout_backlog_eta_seconds gauge\n");
+            for (q, eta) in &i.etas {
+                let q = escape_label_value(q);
+                let _ = writeln!(out, "fanout_backlog_eta_seconds{{queue=\"{q}\"}} {eta:.0}");
+            }
+        }
         out
     }
 }
@@ -222,6 +234,12 @@ impl MetricsSink for Telemetry {
     }
     fn count(&self, counter: Counter, n: u64) {
         self.lock().counters[counter.index()] += n;
+    }
+    fn progress(&self, p: &Progress) {
+        let mut i = self.lock();
+        for q in &p.queues {
+            i.etas.insert(q.queue.clone(), q.eta_s);
+        }
     }
 }
 
@@ -324,6 +342,7 @@ async fn connection(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::QueueProgress;
     use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
@@ -486,6 +505,42 @@ mod tests {
             text.contains("fanout_config_reloads_total{result=\"applied\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_backlog_eta_is_a_series_per_queue_with_the_rate_it_assumes() {
+        let t = Telemetry::new(20);
+        let text = t.render();
+        assert!(!text.contains("fanout_backlog_eta_seconds{"), "{text}");
+        assert!(text.contains("fanout_completions_per_second 0\n"), "{text}");
+        t.gauge(Gauge::CompletionsPerSecond, 118.5);
+        t.progress(&Progress {
+            rate_per_s: 118.5,
+            rate_source: "target/lifetime",
+            queues: vec![
+                QueueProgress {
+                    queue: "priority".into(),
+                    left: 0,
+                    eta_s: 0.0,
+                },
+                QueueProgress {
+                    queue: "bulk".into(),
+                    left: 153_212,
+                    eta_s: 1_432.6,
+                },
+            ],
+        });
+        let text = t.render();
+        for needle in [
+            "# TYPE fanout_backlog_eta_seconds gauge\n",
+            "fanout_backlog_eta_seconds{queue=\"bulk\"} 1433\n",
+            "fanout_backlog_eta_seconds{queue=\"priority\"} 0\n",
+            "fanout_completions_per_second 118.5\n",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
+        let values = t.values();
+        assert!(values.contains(&("backlog_eta_seconds_bulk".to_string(), 1_432.6)));
     }
 
     #[test]

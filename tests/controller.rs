@@ -437,3 +437,46 @@ fn input_step_functions_refuses_goes_to_the_dlq_at_once_without_a_pause() {
         clean.makespan_s
     );
 }
+
+/// `/metrics` of a controller draining a backlog: the expected finish per
+/// queue and the rate it assumes, with real values once lifetimes are
+/// known (the tasks take ~40 s, the backlog ~6 min at 300 Lambdas).
+#[tokio::test(start_paused = true)]
+async fn metrics_show_the_backlog_eta_while_it_drains() {
+    use fanout::controller::Backends;
+    use fanout::telemetry::Telemetry;
+    let sc = scenario("[workload]\nbulk = 5000\n");
+    let shared = Shared::new(World::new(&sc, 1));
+    let b = backends(&shared, &sc);
+    let telemetry = Telemetry::new(300);
+    let b = Backends {
+        sources: b.sources,
+        completions: b.completions,
+        executions: b.executions,
+        metrics: b.metrics,
+        sink: telemetry.clone(),
+        claims: None,
+    };
+    let ctl = Controller::new(config(300), Policy::Adaptive, b, 1).unwrap();
+    let (tx, rx) = watch::channel(false);
+    let stop = async {
+        tokio::time::sleep(Duration::from_secs(240)).await;
+        tx.send_replace(true);
+    };
+    tokio::join!(ctl.run(rx), stop);
+    let text = telemetry.render();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from\n{text}"))
+    };
+    let rate = value("fanout_completions_per_second ");
+    let bulk = value("fanout_backlog_eta_seconds{queue=\"bulk\"} ");
+    let priority = value("fanout_backlog_eta_seconds{queue=\"priority\"} ");
+    assert!(rate > 1.0, "{text}");
+    assert!(bulk > 30.0 && bulk < 3_600.0, "{text}");
+    assert!(
+        priority.abs() < f64::EPSILON,
+        "nothing on the priority queue: {text}"
+    );
+}

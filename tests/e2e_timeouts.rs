@@ -249,11 +249,16 @@ async fn the_controller_keeps_the_message_of_a_start_that_hangs() {
         tx.send_replace(true);
     };
     let run = async { tokio::join!(ctl.run(rx), stop).0 };
-    let summary = tokio::time::timeout(Duration::from_millis(2500) + HUNG, run)
-        .await
-        .unwrap_or_else(|_| {
-            panic!("the controller did not stop within {HUNG:?} of its shutdown: a StartExecution hangs it")
-        });
+    let summary = Box::pin(tokio::time::timeout(
+        Duration::from_millis(2500) + HUNG,
+        run,
+    ))
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the controller did not stop within {HUNG:?} of its shutdown: a StartExecution hangs it"
+        )
+    });
     let log = fake.log();
     assert!(
         counts.starts.load(Ordering::SeqCst) >= 2,

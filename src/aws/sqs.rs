@@ -44,18 +44,7 @@ pub struct SqsQueue {
     url: String,
 }
 
-/// Approximate message counts of a queue.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Depth {
-    /// Messages available to receive (ApproximateNumberOfMessages).
-    pub visible: u64,
-    /// Messages received and not yet deleted or visible again
-    /// (ApproximateNumberOfMessagesNotVisible).
-    pub in_flight: u64,
-    /// Messages sent with a delay not yet over
-    /// (ApproximateNumberOfMessagesDelayed).
-    pub delayed: u64,
-}
+pub use crate::ports::QueueDepth as Depth;
 
 impl SqsQueue {
     /// The queue at `url`.
@@ -285,5 +274,16 @@ impl WorkQueue for SqsQueue {
             .await
             .map_err(|e| classify(SERVICE, &e))?;
         Ok(entry_failures(out.failed()))
+    }
+
+    async fn depth(&self) -> Result<Depth, PortError> {
+        SqsQueue::depth(self).await.map_err(|e| match e {
+            SqsError::Attributes { source, .. } => source,
+            SqsError::Build { .. } => PortError::Permanent {
+                service: SERVICE,
+                code: "BuildError".into(),
+                message: e.to_string(),
+            },
+        })
     }
 }

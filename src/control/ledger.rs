@@ -47,6 +47,55 @@ pub struct Ledger {
     since_foreign_start: Option<u32>,
     /// Lifetimes have been trusted once (see `lifetimes_known`).
     lifetimes_known: Cell<bool>,
+    /// Moments of every lifetime recorded, one bucket per reconcile pass
+    /// (events go into the open one), the newest last: at least the last
+    /// `DURATIONS_KEPT` lifetimes, whole passes. `durations` keeps a
+    /// pass's latest starts when it finds more than it holds, the short
+    /// lifetimes; these moments keep all of them.
+    moments: VecDeque<Moments>,
+}
+
+/// Count, sum, and sums of the logarithm and its square of lifetimes: a
+/// lognormal fit's statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Moments {
+    /// Lifetimes counted.
+    pub n: f64,
+    /// Their sum, seconds.
+    pub sum: f64,
+    /// Sum of their natural logarithms (each at least 1 ms).
+    pub sum_ln: f64,
+    /// Sum of the squared logarithms.
+    pub sum_ln2: f64,
+}
+
+impl Moments {
+    /// Count one lifetime.
+    pub fn add(&mut self, lifetime: Secs) {
+        let l = lifetime.max(1e-3);
+        self.n += 1.0;
+        self.sum += l;
+        self.sum_ln += l.ln();
+        self.sum_ln2 += l.ln() * l.ln();
+    }
+
+    /// The moments of `lifetimes`.
+    pub fn of(lifetimes: &[Secs]) -> Moments {
+        let mut m = Moments::default();
+        for &l in lifetimes {
+            m.add(l);
+        }
+        m
+    }
+
+    fn plus(self, o: Moments) -> Moments {
+        Moments {
+            n: self.n + o.n,
+            sum: self.sum + o.sum,
+            sum_ln: self.sum_ln + o.sum_ln,
+            sum_ln2: self.sum_ln2 + o.sum_ln2,
+        }
+    }
 }
 
 const DURATIONS_KEPT: usize = 1024;
@@ -102,6 +151,12 @@ impl Ledger {
             self.ended_at.pop_front();
         }
         self.durations.push_back(lifetime);
+        if self.moments.is_empty() {
+            self.moments.push_back(Moments::default());
+        }
+        if let Some(m) = self.moments.back_mut() {
+            m.add(lifetime);
+        }
         self.ended_at
             .push_back((lifetime - uncertain.clamp(0.0, lifetime) / 2.0).max(0.0));
     }
@@ -158,6 +213,7 @@ impl Ledger {
             self.record(listed_at - started_at, listed_at - since.max(*started_at));
         }
         self.refit();
+        self.close_moments();
         if let Some(prev) = self.listed_at
             && listed_at > prev
         {
@@ -284,6 +340,28 @@ impl Ledger {
         v.sort_by(f64::total_cmp);
         let i = ((v.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
         Some(v[i])
+    }
+
+    /// Close the pass's bucket of moments; drop the oldest buckets that
+    /// the newer ones do without.
+    fn close_moments(&mut self) {
+        self.moments.push_back(Moments::default());
+        let mut total: f64 = self.moments.iter().map(|m| m.n).sum();
+        while let Some(front) = self.moments.front().copied() {
+            if total - front.n < DURATIONS_KEPT as f64 {
+                break;
+            }
+            total -= front.n;
+            self.moments.pop_front();
+        }
+    }
+
+    /// Moments of the recent lifetimes: at least the last 1,024 recorded,
+    /// every one of the passes that found them.
+    pub fn lifetime_moments(&self) -> Moments {
+        self.moments
+            .iter()
+            .fold(Moments::default(), |a, m| a.plus(*m))
     }
 
     /// Mean of recently observed lifetimes.

@@ -7,6 +7,7 @@ pub mod asl;
 pub mod budget;
 pub mod claims;
 pub mod estimator;
+pub mod eta;
 pub mod ledger;
 pub mod linger;
 pub mod naming;

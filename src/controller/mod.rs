@@ -1,7 +1,8 @@
 //! The controller: wires the ports to the decision logic. One task runs
-//! four loops side by side: admission (receive what the budget admits,
+//! its loops side by side: admission (receive what the budget admits,
 //! start, delete), reconcile (ListExecutions), metrics (CloudWatch into the
-//! estimator) and, when configured, completion events.
+//! estimator), progress (queue depths into the backlog's ETA) and, when
+//! configured, completion events and claims.
 //!
 //! Invariants kept here: a message is deleted only after its start is
 //! confirmed; capacity waits happen before receiving (adaptive, fixed), so
@@ -17,6 +18,7 @@ mod completions;
 mod definition;
 mod observe;
 mod params;
+mod progress;
 mod reconcile;
 mod seed;
 mod settle;
@@ -332,13 +334,22 @@ where
         let metrics = self.metrics_loop(shutdown.clone());
         let completions = self.completion_loop(shutdown.clone());
         let claims = self.claims_loop(shutdown.clone());
+        let progress = self.progress_loop(shutdown.clone());
         let flusher = async {
             while !*shutdown.borrow() {
                 sleep_unless(Duration::from_secs_f64(DELETE_LINGER), &shutdown).await;
                 self.flush_deletes(Flush::Due).await;
             }
         };
-        tokio::join!(admission, reconcile, metrics, completions, flusher, claims);
+        tokio::join!(
+            admission,
+            reconcile,
+            metrics,
+            completions,
+            flusher,
+            claims,
+            progress
+        );
         self.flush_deletes(Flush::All).await;
         let summary = self.state().summary;
         info!(?summary, "controller stopped");

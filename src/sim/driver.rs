@@ -9,8 +9,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, Policy};
 use crate::controller::{Backends, Claims, Controller, ControllerError, Source};
-use crate::ports::NoMetrics;
-use crate::sim::ports::{Shared, SimClaims, SimExecutions, SimMetrics, SimQueue};
+use crate::sim::ports::{Shared, SimClaims, SimExecutions, SimMetrics, SimQueue, SimSink};
 use crate::sim::report::{Report, Timeline};
 use crate::sim::scenario::Scenario;
 use crate::sim::world::{
@@ -41,7 +40,7 @@ enum Until {
 pub fn backends(
     shared: &Shared,
     sc: &Scenario,
-) -> Backends<SimQueue, SimExecutions, SimMetrics, NoMetrics> {
+) -> Backends<SimQueue, SimExecutions, SimMetrics, SimSink> {
     let sqs = Duration::from_millis(sc.sqs.latency_ms);
     let q = |queue| SimQueue {
         shared: shared.clone(),
@@ -70,7 +69,9 @@ pub fn backends(
             shared: shared.clone(),
             latency: Duration::from_millis(40),
         },
-        sink: NoMetrics,
+        sink: SimSink {
+            shared: shared.clone(),
+        },
         claims: None,
     }
 }

@@ -8,10 +8,12 @@ use tokio::time::Instant;
 
 use futures::future::BoxFuture;
 
+use crate::metrics::{Counter, Gauge, Progress};
 use crate::ports::ClaimRecord as Record;
 use crate::ports::{
     ClaimStore, ConcurrencyMetrics, ConcurrencySample, EntryFailure, ExecutionPage, Executions,
-    Message, OutgoingMessage, PortError, StartOutcome, StoredClaims, WorkQueue,
+    Message, MetricsSink, OutgoingMessage, PortError, QueueDepth, StartOutcome, StoredClaims,
+    WorkQueue,
 };
 use crate::sim::world::World;
 
@@ -156,6 +158,32 @@ impl WorkQueue for SimQueue {
     ) -> Result<Vec<EntryFailure>, PortError> {
         tokio::time::sleep(self.latency).await;
         self.shared.at_now().send_batch(self.queue, entries)
+    }
+
+    async fn depth(&self) -> Result<QueueDepth, PortError> {
+        tokio::time::sleep(self.latency).await;
+        Ok(self.shared.at_now().queue_depth(self.queue))
+    }
+}
+
+/// The controllers' metrics sink in the simulator: drops gauges and
+/// counters, keeps each expected finish of the whole backlog (the last
+/// queue's, at virtual time) for the report's `eta_error`.
+#[derive(Clone)]
+pub struct SimSink {
+    /// The world.
+    pub shared: Shared,
+}
+
+impl MetricsSink for SimSink {
+    fn gauge(&self, _: Gauge, _: f64) {}
+    fn count(&self, _: Counter, _: u64) {}
+    fn progress(&self, p: &Progress) {
+        if let Some(last) = p.queues.last() {
+            let now = self.shared.now_s();
+            let mut w = self.shared.at_now();
+            w.stats.eta.push((now, now + last.eta_s));
+        }
     }
 }
 

@@ -99,6 +99,10 @@ pub struct Report {
     /// (before a reconcile could), over every life.
     #[serde(default)]
     pub completed_by_event: u64,
+    /// How far the controllers' expected finish of the whole backlog was
+    /// off when 25 %, 50 % and 75 % of the messages had started.
+    #[serde(default)]
+    pub eta_error: EtaError,
     /// Wall-clock seconds the simulation took.
     pub wall_s: f64,
 }
@@ -112,6 +116,50 @@ pub struct FunctionReport {
     pub limit: Option<u32>,
     /// Its invocations Lambda throttled.
     pub throttles: u64,
+}
+
+/// |predicted − actual finish| / actual remaining time, each with the
+/// last expected finish a controller published (`fanout_backlog_eta_seconds`
+/// of the last queue) at or before the moment that share of the workload's
+/// messages had started; `None`: no estimate by then, or nothing remained.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct EtaError {
+    /// When 25 % of the messages had started.
+    pub at_25: Option<f64>,
+    /// When 50 % had.
+    pub at_50: Option<f64>,
+    /// When 75 % had.
+    pub at_75: Option<f64>,
+}
+
+impl EtaError {
+    /// The errors of the estimates `w` recorded against the run's end at
+    /// `finish` (virtual seconds).
+    fn of(w: &World, finish: f64) -> EtaError {
+        let mut starts: Vec<f64> = w.origins.iter().filter_map(|o| o.first_start).collect();
+        starts.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            let t = quantile(&starts, q)?;
+            let &(_, predicted) = w.stats.eta.iter().take_while(|(at, _)| *at <= t).last()?;
+            let remaining = finish - t;
+            (remaining > 0.0)
+                .then(|| ((predicted - finish).abs() / remaining * 1000.0).round() / 1000.0)
+        };
+        EtaError {
+            at_25: at(0.25),
+            at_50: at(0.5),
+            at_75: at(0.75),
+        }
+    }
+
+    /// "0.031 / 0.012 / 0.020", "-" where unknown.
+    pub fn human(&self) -> String {
+        [self.at_25, self.at_50, self.at_75]
+            .iter()
+            .map(|e| e.map_or("-".to_string(), |v| format!("{v:.3}")))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    }
 }
 
 /// Per-second series of a run, for plots and CSV.
@@ -290,6 +338,7 @@ impl Report {
             faults_injected: w.stats.faults_injected.clone(),
             fault_window_calls: w.stats.fault_window_calls.clone(),
             completed_by_event: 0,
+            eta_error: EtaError::of(w, makespan),
             wall_s: round(wall_s),
         }
     }
@@ -355,6 +404,7 @@ impl Report {
         line("priority_p50_s", opt(self.priority_p50_s));
         line("priority_p99_s", opt(self.priority_p99_s));
         line("controller_lives", self.controller_lives.to_string());
+        line("eta_error 25/50/75 %", self.eta_error.human());
         line(
             "remembered_k",
             self.remembered_lambdas_per_execution
@@ -397,6 +447,9 @@ pub fn table(reports: &[&Report]) -> String {
         "priority_p50_s",
         "priority_p99_s",
         "controller_lives",
+        "eta_error/at_25",
+        "eta_error/at_50",
+        "eta_error/at_75",
         "deleted_without_start",
         "wall_s",
     ];
@@ -412,8 +465,10 @@ pub fn table(reports: &[&Report]) -> String {
     let mut out = String::new();
     for f in fields {
         let _ = write!(out, "  {f:<26}");
+        let pointer = format!("/{f}");
         for v in &values {
-            let _ = write!(out, "{:>14}", cell(&v[f]));
+            let v = v.pointer(&pointer).unwrap_or(&serde_json::Value::Null);
+            let _ = write!(out, "{:>14}", cell(v));
         }
         out.push('\n');
     }

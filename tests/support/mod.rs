@@ -14,7 +14,7 @@ use fanout::control::Policy;
 use fanout::controller::{Backends, Controller, RunSummary, Source};
 use fanout::ports::{
     ConcurrencyMetrics, ConcurrencySample, EntryFailure, ExecutionPage, Executions, Message,
-    NoMetrics, OutgoingMessage, PortError, StartOutcome, WorkQueue,
+    NoMetrics, OutgoingMessage, PortError, QueueDepth, StartOutcome, WorkQueue,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -301,6 +301,18 @@ impl WorkQueue for FakeQueue {
             count: entries.len(),
         });
         Ok(Vec::new())
+    }
+
+    async fn depth(&self) -> Result<QueueDepth, PortError> {
+        let inner = self.fake.inner();
+        let now = Instant::now();
+        let q = inner.queues.get(&self.name).map_or(&[][..], Vec::as_slice);
+        let visible = q.iter().filter(|m| m.visible_at <= now).count() as u64;
+        Ok(QueueDepth {
+            visible,
+            in_flight: q.len() as u64 - visible,
+            delayed: 0,
+        })
     }
 }
 

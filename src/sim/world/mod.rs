@@ -160,6 +160,9 @@ pub struct Stats {
     pub api_calls: BTreeMap<&'static str, u64>,
     /// When the last execution closed.
     pub last_close: f64,
+    /// The controllers' expected finish of the whole backlog: (virtual
+    /// time it was published, virtual time it expects), in order.
+    pub eta: Vec<(f64, f64)>,
     /// Deletes of a workload message that had no execution (must stay 0).
     pub deleted_without_start: u64,
     /// Reason codes of messages the controller moved to a DLQ.
@@ -482,6 +485,19 @@ impl World {
                 .send(q, e.body.clone(), e.delay, self.now, &mut rng);
         }
         Ok(Vec::new())
+    }
+
+    /// GetQueueAttributes of queue `q`: its approximate counts (a
+    /// delayed message counts as in flight). Draws nothing: a run that
+    /// asks keeps the draws of one that does not.
+    pub fn queue_depth(&mut self, q: usize) -> crate::ports::QueueDepth {
+        self.count("sqs.GetQueueAttributes");
+        let (visible, hidden) = self.sqs.depth(q, self.now);
+        crate::ports::QueueDepth {
+            visible: visible as u64,
+            in_flight: hidden as u64,
+            delayed: 0,
+        }
     }
 
     /// Visible messages in the two work queues.

@@ -399,6 +399,26 @@ impl Sqs {
     pub(super) fn hidden(&self, q: usize) -> usize {
         self.queues[q].hidden_count
     }
+
+    /// GetQueueAttributes' counts of queue `q` at `now`: (visible, hidden:
+    /// in someone's hand or delayed). Moves nothing: asking must not
+    /// change the order later receives see.
+    pub(super) fn depth(&self, q: usize, now: f64) -> (usize, usize) {
+        let now = us(now);
+        let queue = &self.queues[q];
+        let due = queue
+            .hidden
+            .iter()
+            .filter(|Reverse((until, m, seq))| {
+                let msg = &self.msgs[*m as usize];
+                *until <= now
+                    && msg.state == MsgState::Hidden
+                    && msg.vis_seq == *seq
+                    && msg.queue == q
+            })
+            .count();
+        (queue.visible.len() + due, queue.hidden_count - due)
+    }
 }
 
 #[cfg(test)]
