@@ -17,6 +17,12 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 const BIN: &str = env!("CARGO_BIN_EXE_fanout");
 const CEILING: usize = 20;
 
+/// One test at a time: each runs moto and fanout processes with second-
+/// scale timing (2-s executions, 1-s reconciles), and two at once on a
+/// 2-core CI machine slowed moto's executions past what the controller had
+/// measured of them (a drain counted 21 running against 20).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -527,6 +533,7 @@ fn bulk_ids(n: usize) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drains_bulk_and_priority_at_the_ceiling() {
+    let _serial = SERIAL.lock().await;
     let env = Env::new(30).await;
     env.enqueue_bulk(300);
     for i in 1..=5 {
@@ -628,6 +635,7 @@ async fn drains_bulk_and_priority_at_the_ceiling() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_and_restart_keeps_one_execution_per_message() {
+    let _serial = SERIAL.lock().await;
     // A short visibility: messages the killed process held come back soon.
     let env = Env::new(5).await;
     env.enqueue_bulk(120);
@@ -649,6 +657,7 @@ async fn kill_9_and_restart_keeps_one_execution_per_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_goes_to_the_dlq_with_its_reason() {
+    let _serial = SERIAL.lock().await;
     let env = Env::new(30).await;
     let not_json = env.send_raw(&env.bulk, "this is not json").await;
     // Over Step Functions' 262,144-byte input limit, under SQS's.
@@ -711,6 +720,7 @@ async fn bad_input_goes_to_the_dlq_with_its_reason() {
 /// re-sent copy of a finished message is recognised as started.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_taken_name_with_other_input_goes_to_the_dlq_and_a_copy_is_done() {
+    let _serial = SERIAL.lock().await;
     let env = Env::new(30).await;
     let text = std::fs::read_to_string(&env.config).unwrap();
     let text = text.replace("co-{company_id}-{hash}", "{company_id}");
@@ -780,6 +790,7 @@ async fn a_taken_name_with_other_input_goes_to_the_dlq_and_a_copy_is_done() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_zero_in_time_and_hands_back_messages() {
+    let _serial = SERIAL.lock().await;
     let env = Env::new(60).await;
     env.enqueue_bulk(200);
     let mut ctl = env.start("term");
@@ -876,6 +887,7 @@ async fn adapters_map_counts_entries_and_errors() {
     use fanout::aws::sfn::SfnExecutions;
     use fanout::aws::sqs::SqsQueue;
     use fanout::ports::{Executions, OutgoingMessage, PortError, StartOutcome, WorkQueue};
+    let _serial = SERIAL.lock().await;
 
     let env = Env::new(30).await;
     // Clients with static test credentials (the binary uses the default
@@ -1040,6 +1052,7 @@ async fn until(ctl: &mut Controller, port: u16, series: &str, value: f64, secs: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_reloads_on_file_change_and_sighup_without_a_restart() {
+    let _serial = SERIAL.lock().await;
     let t0 = Instant::now();
     let env = Env::new(30).await;
     env.enqueue_bulk(30);
@@ -1135,6 +1148,7 @@ async fn config_reloads_on_file_change_and_sighup_without_a_restart() {
 /// the file is not read, and SIGHUP only says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_with_the_config_in_the_environment_changes_nothing() {
+    let _serial = SERIAL.lock().await;
     let env = Env::new(30).await;
     let text = std::fs::read_to_string(&env.config).unwrap();
     let log = env.dir.path().join("run-env.log");
@@ -1181,6 +1195,7 @@ async fn sighup_with_the_config_in_the_environment_changes_nothing() {
 /// pins the filtering; this pins `run`'s wiring of the queue on SQS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completion_events_free_capacity_before_a_reconcile() {
+    let _serial = SERIAL.lock().await;
     let env = Env::new(30).await;
     let events = create_queue(&env.aws, "events", None).await;
     let text = std::fs::read_to_string(&env.config).unwrap();
