@@ -435,12 +435,16 @@ fn a_cohort_is_admitted_only_as_far_as_its_wide_phase_fits_the_limit() {
     // is 60 s to 240 s of age.
     let mut e = cohort_world(10, &[0.0], 8);
     // Long after it, the limit of 100 holds at most 100 / 8 starting now.
-    let free = e.function_allowance(1000.0, 0.0, 10.0).unwrap();
+    let free = e
+        .function_allowance(1000.0, 0.0, 10.0, f64::INFINITY)
+        .unwrap();
     assert!((8.0..=12.5).contains(&free), "{free}");
     // A cohort of 10 started 30 s ago reaches its wide phase in 30 s (80
     // of the 100): a new start reaches its own while they are still there.
     let mut e = cohort_world(10, &[0.0, 450.0], 8);
-    let crowded = e.function_allowance(480.0, 0.0, 10.0).unwrap();
+    let crowded = e
+        .function_allowance(480.0, 0.0, 10.0, f64::INFINITY)
+        .unwrap();
     assert!(crowded <= 2.5, "{crowded}");
     assert!(crowded < free / 3.0, "{crowded} vs {free}");
 }
