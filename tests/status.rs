@@ -5,6 +5,7 @@
 
 #[allow(dead_code)] // the end-to-end tests use the rest
 mod support {
+    pub(crate) mod cloudwatch_stub;
     pub(crate) mod moto;
 }
 
@@ -15,6 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use support::cloudwatch_stub::{Minute, Stub};
 use support::moto::{BIN, Moto, child_env, sdk_config};
 
 /// A controller's /metrics while the bulk backlog drains: 21 min left at
@@ -90,10 +92,33 @@ async fn env() -> Env {
     }
 }
 
+impl Env {
+    /// The config again, reading fanout's own metrics from `cloudwatch`
+    /// (`[metrics] cloudwatch = true`, namespace `fanout/test`).
+    fn with_cloudwatch(&self, cloudwatch: &str) -> Env2 {
+        let text = std::fs::read_to_string(&self.config).unwrap().replace(
+            "[aws]\n",
+            &format!("[aws]\ncloudwatch_endpoint_url = \"{cloudwatch}\"\n"),
+        ) + "\n[metrics]\ncloudwatch = true\nnamespace = \"fanout/test\"\n";
+        let config = self.config.with_file_name("cloudwatch.toml");
+        std::fs::write(&config, text).unwrap();
+        Env2 { config }
+    }
+}
+
+/// A second config of the same environment.
+struct Env2 {
+    config: PathBuf,
+}
+
 /// `fanout status --config <env> <args>`: (exit code, stdout, stderr).
 fn status(env: &Env, args: &[&str]) -> (Option<i32>, String, String) {
+    status_of(&env.config, args)
+}
+
+fn status_of(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
     let out = child_env(&mut Command::new(BIN))
-        .args(["status", "--config", env.config.to_str().unwrap()])
+        .args(["status", "--config", config.to_str().unwrap()])
         .args(args)
         .output()
         .expect("run fanout status");
@@ -222,4 +247,55 @@ async fn watch_prints_a_plain_block_per_refresh_and_survives_a_failed_read() {
     );
     assert!(text.contains("(in 21 min) at 118/s"), "{text}");
     assert!(text.contains("still watching"), "{text}");
+}
+
+/// Without `--controller`, with `[metrics] cloudwatch = true`: the series
+/// the controller put (`completions_per_second`,
+/// `backlog_eta_seconds_<queue>`), the latest minute; none recent: why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reads_the_eta_the_controller_put_in_cloudwatch() {
+    let env = env().await;
+    let stub = Stub::start().await;
+    let cw = env.with_cloudwatch(&stub.endpoint);
+    let status = |args: &'static [&'static str]| {
+        let config = cw.config.clone();
+        tokio::task::spawn_blocking(move || status_of(&config, args))
+    };
+    let (code, out, err) = status(&[]).await.unwrap();
+    assert_eq!(code, Some(0), "{out}{err}");
+    let bulk = line(&out, "bulk");
+    assert!(
+        bulk.starts_with("bulk: 3 left (ETA: no fanout/test/completions_per_second in CloudWatch"),
+        "{bulk}"
+    );
+    // An older minute with another value: the latest one counts.
+    let old = Minute::new()
+        .own("completions_per_second", 9.0)
+        .own("backlog_eta_seconds_bulk", 60.0);
+    stub.set(stub.minute(-2), old);
+    let latest = Minute::new()
+        .own("completions_per_second", 2.0)
+        .own("backlog_eta_seconds_bulk", 900.0)
+        .own("backlog_eta_seconds_priority", 0.0);
+    stub.set(stub.minute(-1), latest);
+    let (code, out, err) = status(&[]).await.unwrap();
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("ETA from the controller's CloudWatch metrics"),
+        "{out}"
+    );
+    let bulk = line(&out, "bulk");
+    assert!(
+        bulk.starts_with("bulk: 3 left, done ~") && bulk.ends_with(" at 2.0/s"),
+        "{bulk}"
+    );
+    let (_, json, _) = status(&["--json"]).await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["eta_source"], "cloudwatch");
+    let b = &v["queues"][1];
+    // Put in the minute before the stub's first (its middle + 900 s),
+    // read within a minute or two of it.
+    let eta = b["eta_seconds"].as_f64().unwrap();
+    assert!((700.0..=900.0).contains(&eta), "{b}");
+    assert_eq!(b["rate_per_s"], 2.0);
 }
