@@ -97,6 +97,15 @@ struct StatusArgs {
     /// http://127.0.0.1:8080: adds its budget and estimate.
     #[arg(long, value_name = "URL")]
     controller: Option<String>,
+    /// Read again every --interval-secs until Ctrl-C: redrawn in place in a
+    /// terminal, a plain block per refresh otherwise; a failed read is
+    /// shown and the next one tried.
+    #[arg(long)]
+    watch: bool,
+    /// Seconds between refreshes of --watch.
+    #[arg(long, value_name = "N", default_value_t = 5, requires = "watch",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    interval_secs: u64,
 }
 
 #[derive(clap::Args)]
@@ -289,6 +298,17 @@ fn enqueue(a: EnqueueArgs) -> Result<bool> {
 
 fn status(a: &StatusArgs) -> Result<()> {
     let cfg = Config::load(&a.config)?;
+    if a.watch {
+        let opts = fanout::status::watch::WatchOptions {
+            interval: std::time::Duration::from_secs(a.interval_secs),
+            terminal: std::io::stdout().is_terminal(),
+            json: a.json,
+        };
+        let mut out = std::io::stdout().lock();
+        let watch = fanout::status::watch::watch(&cfg, a.controller.as_deref(), opts, &mut out);
+        runtime()?.block_on(watch)?;
+        return Ok(());
+    }
     let s = runtime()?.block_on(fanout::status::status(&cfg, a.controller.as_deref()))?;
     if a.json {
         println!("{}", serde_json::to_string(&s)?);

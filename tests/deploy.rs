@@ -716,9 +716,88 @@ fn dashboard_series(body: &Value) -> Vec<(String, String, Vec<String>)> {
     .collect()
 }
 
+/// The `name` of every `[[queues]]` in the config the task definition
+/// renders (`FANOUT_CONFIG_TOML`), in order.
+fn config_queue_names() -> Vec<String> {
+    let (_, td) = the("AWS::ECS::TaskDefinition");
+    let containers = one_or_many(&td["Properties"]["ContainerDefinitions"]);
+    let mut env = containers
+        .iter()
+        .flat_map(|c| one_or_many(&c["Environment"]));
+    let var = env
+        .find(|e| e["Name"] == "FANOUT_CONFIG_TOML")
+        .expect("FANOUT_CONFIG_TOML in the task definition");
+    let text = var["Value"]["Fn::Sub"][0]
+        .as_str()
+        .expect("!Sub [text, vars]");
+    let mut names = Vec::new();
+    let mut in_queue = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_queue = line == "[[queues]]";
+        } else if let Some(v) = line.strip_prefix("name = ").filter(|_| in_queue) {
+            names.push(v.trim_matches('"').to_string());
+        }
+    }
+    names
+}
+
+/// fanout's own series on the dashboard: in its namespace, only names it
+/// publishes, and among them the controller's main gauges, the completion
+/// rate and the backlog ETA of every queue the stack configures.
+fn fanout_series_on_the_dashboard(
+    series: &[(String, String, Vec<String>)],
+    vars: &serde_json::Map<String, Value>,
+) {
+    assert_eq!(
+        vars["Namespace"],
+        json!({"Fn::Sub": "fanout/${AWS::StackName}"})
+    );
+    // The per-queue ETA is published as backlog_eta_seconds_<queue>, one
+    // per [[queues]] of the config the stack renders.
+    let etas: Vec<String> = (config_queue_names().iter())
+        .map(|q| format!("backlog_eta_seconds_{q}"))
+        .collect();
+    assert!(!etas.is_empty(), "no [[queues]] in FANOUT_CONFIG_TOML");
+    let published: BTreeSet<&str> = (fanout::metrics::Gauge::ALL.iter().map(|g| g.name()))
+        .chain(fanout::metrics::Counter::ALL.iter().map(|c| c.name()))
+        .chain(etas.iter().map(String::as_str))
+        .collect();
+    let ours: Vec<&str> = series
+        .iter()
+        .filter(|s| s.0 == "<Namespace>")
+        .map(|s| s.1.as_str())
+        .collect();
+    for name in &ours {
+        assert!(
+            published.contains(name),
+            "the dashboard plots {name}, which fanout never publishes"
+        );
+    }
+    let wanted = [
+        "running_executions",
+        "target_running",
+        "lambdas_per_execution",
+        "starts",
+        "completions_per_second",
+    ];
+    for name in wanted
+        .iter()
+        .copied()
+        .chain(etas.iter().map(String::as_str))
+    {
+        assert!(
+            ours.contains(&name),
+            "fanout's {name} is not on the dashboard"
+        );
+    }
+}
+
 /// The dashboard shows the ceiling, the account's and every pipeline
 /// function's concurrency, fanout's own series under the names it
-/// publishes, every queue of the stack, and the state machine's failures.
+/// publishes (the backlog ETA of every configured queue and the completion
+/// rate it assumes among them), every queue of the stack, and the state
+/// machine's failures.
 #[test]
 fn the_dashboard_shows_every_function_queue_and_controller_series_of_the_stack() {
     let (body, vars) = dashboard();
@@ -758,36 +837,7 @@ fn the_dashboard_shows_every_function_queue_and_controller_series_of_the_stack()
             "{param}'s throttles"
         );
     }
-    // fanout's namespace, and only the names it publishes.
-    assert_eq!(
-        vars["Namespace"],
-        json!({"Fn::Sub": "fanout/${AWS::StackName}"})
-    );
-    let published: BTreeSet<&str> = (fanout::metrics::Gauge::ALL.iter().map(|g| g.name()))
-        .chain(fanout::metrics::Counter::ALL.iter().map(|c| c.name()))
-        .collect();
-    let ours: Vec<&str> = series
-        .iter()
-        .filter(|s| s.0 == "<Namespace>")
-        .map(|s| s.1.as_str())
-        .collect();
-    for name in &ours {
-        assert!(
-            published.contains(name),
-            "the dashboard plots {name}, which fanout never publishes"
-        );
-    }
-    for name in [
-        "running_executions",
-        "target_running",
-        "lambdas_per_execution",
-        "starts",
-    ] {
-        assert!(
-            ours.contains(&name),
-            "fanout's {name} is not on the dashboard"
-        );
-    }
+    fanout_series_on_the_dashboard(&series, vars);
     for (queue, _) in resources("AWS::SQS::Queue") {
         let attr = json!({"Fn::GetAtt": [queue, "QueueName"]});
         let var = vars.iter().find(|(_, v)| **v == attr);

@@ -323,6 +323,69 @@ impl MetricPublisher {
     }
 }
 
+/// The latest datapoint of each of fanout's own series `names` in
+/// `namespace` (no dimensions, as `MetricPublisher` puts them) within the
+/// last `lookback_s`: (the middle of its minute, Unix seconds; the value),
+/// in `names` order, `None` where there is none.
+pub async fn latest_own(
+    client: &Client,
+    namespace: &str,
+    names: &[String],
+    lookback_s: u64,
+) -> Result<Vec<Option<(f64, f64)>>, PortError> {
+    let now = unix_now() as u64;
+    let queries: Vec<MetricDataQuery> = (names.iter().enumerate())
+        .map(|(i, name)| {
+            let metric = Metric::builder().namespace(namespace).metric_name(name);
+            MetricDataQuery::builder()
+                .id(format!("s{i}"))
+                .metric_stat(
+                    MetricStat::builder()
+                        .metric(metric.build())
+                        .period(60)
+                        .stat("Maximum")
+                        .build(),
+                )
+                .return_data(true)
+                .build()
+        })
+        .collect();
+    let mut latest: Vec<Option<(f64, f64)>> = vec![None; names.len()];
+    let mut token: Option<String> = None;
+    loop {
+        let out = client
+            .get_metric_data()
+            .start_time(DateTime::from_secs(
+                now.saturating_sub(lookback_s).cast_signed(),
+            ))
+            .end_time(DateTime::from_secs(((now / 60 + 1) * 60).cast_signed()))
+            .set_metric_data_queries(Some(queries.clone()))
+            .set_next_token(token.take())
+            .send()
+            .await
+            .map_err(|e| classify(SERVICE, &e))?;
+        for r in out.metric_data_results() {
+            let id = r.id().unwrap_or_default();
+            let Some(slot) = id.strip_prefix('s').and_then(|i| i.parse::<usize>().ok()) else {
+                continue;
+            };
+            for (t, v) in r.timestamps().iter().zip(r.values()) {
+                // A datapoint stands for its minute; it was put within it.
+                let at = t.secs() as f64 + 30.0;
+                if let Some(s) = latest.get_mut(slot)
+                    && s.is_none_or(|(t0, _)| at > t0)
+                {
+                    *s = Some((at, *v));
+                }
+            }
+        }
+        match out.next_token() {
+            Some(t) => token = Some(t.to_string()),
+            None => return Ok(latest),
+        }
+    }
+}
+
 // The tests compare values copied, not computed.
 #[allow(clippy::float_cmp)]
 #[cfg(test)]

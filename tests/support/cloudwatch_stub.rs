@@ -17,7 +17,8 @@
 //! It serves `GetMetricData` for AWS/Lambda `ConcurrentExecutions`
 //! (Maximum) and `Throttles` (Sum), period 60, account-wide or per
 //! `FunctionName`, newest first, paged with `NextToken` when a page size
-//! is set; scripted error replies; and records every `PutMetricData`. It
+//! is set; fanout's own series in any other namespace (`Minute::own`);
+//! scripted error replies; and records every `PutMetricData`. It
 //! also answers Lambda's REST-JSON `GetFunctionConcurrency`
 //! (`GET /2019-09-30/functions/<name>/concurrency`) for the paths moto
 //! cannot take (AccessDenied).
@@ -59,6 +60,9 @@ pub(crate) struct Minute {
     pub(crate) account_throttles: Option<f64>,
     /// Per `FunctionName`.
     pub(crate) functions: BTreeMap<String, FunctionMinute>,
+    /// fanout's own series (any other namespace, no dimension), by name:
+    /// what `fanout run` puts with PutMetricData and `status` reads back.
+    pub(crate) own: BTreeMap<String, f64>,
 }
 
 impl Minute {
@@ -91,6 +95,13 @@ impl Minute {
             .entry(function.to_string())
             .or_default()
             .throttles = Some(sum);
+        self
+    }
+
+    /// With fanout's own series `name` (Maximum).
+    #[allow(dead_code)] // tests/status.rs reads them, e2e_cloudwatch not
+    pub(crate) fn own(mut self, name: &str, v: f64) -> Minute {
+        self.own.insert(name.to_string(), v);
         self
     }
 
@@ -466,7 +477,7 @@ fn queries(request: &Value) -> Vec<Query> {
 /// Every datapoint the script has now for `q` from `start_s` to `end_s`,
 /// newest first (CloudWatch's default order).
 fn datapoints(inner: &Inner, q: &Query, start_s: f64, end_s: f64, now: f64) -> Vec<(u64, f64)> {
-    if q.namespace != "AWS/Lambda" || q.period != 60 {
+    if q.period != 60 {
         return Vec::new();
     }
     let from = start_s.max(0.0).ceil() as u64;
@@ -477,7 +488,11 @@ fn datapoints(inner: &Inner, q: &Query, start_s: f64, end_s: f64, now: f64) -> V
         .rev()
         .filter_map(|(m, versions)| {
             let v = versions.iter().rev().find(|v| v.from_s <= now)?;
-            let value = v.minute.value(&q.metric, &q.stat, q.function.as_deref())?;
+            let value = if q.namespace == "AWS/Lambda" {
+                v.minute.value(&q.metric, &q.stat, q.function.as_deref())?
+            } else {
+                *v.minute.own.get(&q.metric)?
+            };
             Some((*m, value))
         })
         .collect()
