@@ -494,6 +494,27 @@ pub async fn redrive_command(
     redrive(&sfn, &queue, &cfg.aws.state_machine_arn, opts).await
 }
 
+/// `--since`'s value: a whole number with `s`, `m`, `h` or `d` (`24h`,
+/// `7d`); at most 90 days (ListExecutions lists closed executions for
+/// about 90 days).
+pub fn parse_since(v: &str) -> Result<Duration, String> {
+    let bad =
+        || format!("--since {v:?}: write a whole number and a unit s, m, h or d, e.g. 24h or 7d");
+    let (n, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(bad()),
+    };
+    if secs == 0 || secs > 90 * 86_400 {
+        return Err(format!("--since {v:?}: between 1s and 90d"));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
 /// `fanout failed`'s table: one line per execution.
 pub fn table(failed: &[FailedExecution]) -> String {
     let mut s = format!(
@@ -519,6 +540,16 @@ pub fn table(failed: &[FailedExecution]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_takes_a_number_and_a_unit() {
+        assert_eq!(parse_since("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_since("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_since("90s"), Ok(Duration::from_secs(90)));
+        for bad in ["", "h", "24", "24x", "-1h", "0h", "91d", "1.5h"] {
+            assert!(parse_since(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn the_key_is_the_company_id_as_text() {

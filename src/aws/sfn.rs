@@ -277,11 +277,14 @@ impl Executions for SfnExecutions {
             .send()
             .await
             .map_err(|e| classify(SERVICE, &e))?;
+        // The latest state entered: by event id, as moto 5.2.5 ignores
+        // reverseOrder and answers oldest first.
         Ok(out
             .events()
             .iter()
-            .find_map(|e| e.state_entered_event_details())
-            .map(|d| d.name().to_string()))
+            .filter_map(|e| Some((e.id(), e.state_entered_event_details()?)))
+            .max_by_key(|(id, _)| *id)
+            .map(|(_, d)| d.name().to_string()))
     }
 
     async fn definition(&self) -> Result<Option<String>, PortError> {
