@@ -22,6 +22,8 @@
 //!   its triggers (SIGHUP, a changed file).
 //! - [`enqueue`]: `fanout enqueue`, one company update or a whole refresh
 //!   onto a queue, each body checked first.
+//! - [`redrive`]: `fanout failed` and `fanout redrive`, the unsuccessful
+//!   executions and a redrive request for each, served by the controller.
 //! - [`status`]: `fanout status`, queue depths, running executions and the
 //!   ceiling.
 //! - [`check`]: `fanout check-config`, every problem of a config with its
@@ -38,6 +40,7 @@ pub mod enqueue;
 pub mod healthcheck;
 pub mod metrics;
 pub mod ports;
+pub mod redrive;
 pub mod reload;
 pub mod run;
 pub mod sim;

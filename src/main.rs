@@ -34,6 +34,13 @@ enum Command {
     Status(StatusArgs),
     /// Validate a config file and list every problem.
     CheckConfig(CheckConfigArgs),
+    /// List the state machine's FAILED, TIMED_OUT and ABORTED executions:
+    /// business key, failing state, error.
+    Failed(FailedArgs),
+    /// Put a redrive request for each unsuccessful execution on the bulk
+    /// queue: the controller redrives them (RedriveExecution) under its
+    /// ceiling.
+    Redrive(RedriveArgs),
     /// Run the controller against the built-in simulated AWS in virtual time.
     Simulate(SimulateArgs),
     /// Exit 0 if a running controller's /healthz answers 200 (the container
@@ -109,6 +116,44 @@ struct StatusArgs {
 }
 
 #[derive(clap::Args)]
+struct FailedArgs {
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Executions started within this long: 24h, 7d, 90m ...
+    #[arg(long, default_value = "24h", value_parser = fanout::redrive::parse_since)]
+    since: std::time::Duration,
+    /// One JSON array instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+// Four independent flags of one command, as clap spells them.
+#[allow(clippy::struct_excessive_bools)]
+#[derive(clap::Args)]
+struct RedriveArgs {
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Executions started within this long: 24h, 7d, 90m ...
+    #[arg(long, default_value = "24h", value_parser = fanout::redrive::parse_since)]
+    since: std::time::Duration,
+    /// List and decide; send nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Send the original input of an execution that cannot be redriven
+    /// (closed over 14 days ago, not redrivable) again as a new message.
+    /// Needs {message_id} in naming.template.
+    #[arg(long)]
+    requeue: bool,
+    /// Send to the priority queue (the first [[queues]]) instead of the
+    /// bulk one (the last).
+    #[arg(long)]
+    priority: bool,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
 struct CheckConfigArgs {
     /// The config file to check.
     file: PathBuf,
@@ -180,6 +225,12 @@ fn main() -> ExitCode {
             other => other.map(|_| ()),
         },
         Command::Status(a) => status(&a),
+        Command::Failed(a) => failed(&a),
+        Command::Redrive(a) => match redrive(&a) {
+            // Some messages not sent: the summary said which.
+            Ok(false) => return ExitCode::FAILURE,
+            other => other.map(|_| ()),
+        },
         Command::Run(_) | Command::CheckConfig(_) | Command::Healthcheck(_) => {
             unreachable!("handled above")
         }
@@ -316,6 +367,37 @@ fn status(a: &StatusArgs) -> Result<()> {
         print!("{}", s.table());
     }
     Ok(())
+}
+
+fn failed(a: &FailedArgs) -> Result<()> {
+    let cfg = Config::load(&a.config)?;
+    let list = runtime()?.block_on(fanout::redrive::failed_command(&cfg, a.since))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&list)?);
+    } else {
+        print!("{}", fanout::redrive::table(&list));
+    }
+    Ok(())
+}
+
+/// `Ok(false)`: done, but some messages were not sent.
+fn redrive(a: &RedriveArgs) -> Result<bool> {
+    let cfg = Config::load(&a.config)?;
+    let summary = runtime()?.block_on(fanout::redrive::redrive_command(
+        &cfg, a.since, a.priority, a.dry_run, a.requeue,
+    ))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print!("{}", summary.human());
+    }
+    if !summary.ok() {
+        eprintln!(
+            "error: {} message(s) not sent (see above); run fanout redrive again",
+            summary.failed.len()
+        );
+    }
+    Ok(summary.ok())
 }
 
 /// FILE.csv → FILE-suffix.csv

@@ -147,11 +147,19 @@ pub enum Counter {
     /// Messages StartExecution refused for themselves
     /// (InvalidExecutionInput, InvalidName), moved to the DLQ.
     RefusedMessages,
+    /// Executions redriven (RedriveExecution) for a redrive request.
+    Redrives,
+    /// Redrive requests whose execution runs again already or succeeded
+    /// since (deleted as done).
+    RedrivesAlreadyDone,
+    /// Redrive requests whose execution cannot be redriven (moved to the
+    /// DLQ as `not_redrivable`).
+    RedrivesRefused,
 }
 
 impl Counter {
     /// Every counter, in the order they are rendered.
-    pub const ALL: [Counter; 21] = [
+    pub const ALL: [Counter; 24] = [
         Counter::Starts,
         Counter::AlreadyExisted,
         Counter::Deletes,
@@ -173,6 +181,9 @@ impl Counter {
         Counter::NameCollisions,
         Counter::DescribeErrors,
         Counter::RefusedMessages,
+        Counter::Redrives,
+        Counter::RedrivesAlreadyDone,
+        Counter::RedrivesRefused,
     ];
 
     /// The exported name, without the `fanout_` prefix and `_total` suffix.
@@ -199,6 +210,9 @@ impl Counter {
             Counter::NameCollisions => "name_collisions",
             Counter::DescribeErrors => "describe_errors",
             Counter::RefusedMessages => "refused_messages",
+            Counter::Redrives => "redrives",
+            Counter::RedrivesAlreadyDone => "redrives_already_done",
+            Counter::RedrivesRefused => "redrives_refused",
         }
     }
 
@@ -241,6 +255,15 @@ impl Counter {
             }
             Counter::RefusedMessages => {
                 "Messages StartExecution refused for themselves (InvalidExecutionInput, InvalidName), moved to the DLQ without pausing admission."
+            }
+            Counter::Redrives => {
+                "Failed executions redriven (RedriveExecution) for a redrive request."
+            }
+            Counter::RedrivesAlreadyDone => {
+                "Redrive requests whose execution was running again or had succeeded (deleted as done)."
+            }
+            Counter::RedrivesRefused => {
+                "Redrive requests whose execution cannot be redriven (moved to the DLQ as not_redrivable)."
             }
         }
     }

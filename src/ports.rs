@@ -215,6 +215,103 @@ pub struct ExecutionPage {
     pub next_token: Option<String>,
 }
 
+/// What RedriveExecution did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedriveOutcome {
+    /// The execution runs again from the state that failed (same ARN).
+    Redriven,
+    /// `ExecutionNotRedrivable` (running, succeeded, too old, started
+    /// before redrive existed), `ExecutionDoesNotExist` or an ARN the
+    /// service refused: the service's code and message. Whether it runs
+    /// again already is DescribeExecution's to tell
+    /// (`control::redrive::after_refusal`).
+    NotRedrivable(String),
+}
+
+/// An execution's status, as Step Functions reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ExecutionStatus {
+    /// Running (a redriven execution too).
+    Running,
+    /// Succeeded.
+    Succeeded,
+    /// Failed: a state failed past its retries.
+    Failed,
+    /// Timed out (TimeoutSeconds of the state machine or a state).
+    TimedOut,
+    /// Stopped (StopExecution).
+    Aborted,
+    /// Redriven, not yet running again.
+    PendingRedrive,
+}
+
+impl ExecutionStatus {
+    /// The statuses `fanout failed` lists and RedriveExecution takes.
+    pub const UNSUCCESSFUL: [ExecutionStatus; 3] = [
+        ExecutionStatus::Failed,
+        ExecutionStatus::TimedOut,
+        ExecutionStatus::Aborted,
+    ];
+
+    /// The status as the API spells it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ExecutionStatus::Running => "RUNNING",
+            ExecutionStatus::Succeeded => "SUCCEEDED",
+            ExecutionStatus::Failed => "FAILED",
+            ExecutionStatus::TimedOut => "TIMED_OUT",
+            ExecutionStatus::Aborted => "ABORTED",
+            ExecutionStatus::PendingRedrive => "PENDING_REDRIVE",
+        }
+    }
+}
+
+/// One closed execution of a ListExecutions page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClosedExecution {
+    /// Its ARN (what RedriveExecution takes).
+    pub arn: String,
+    /// Its name.
+    pub name: String,
+    /// FAILED, TIMED_OUT or ABORTED.
+    pub status: ExecutionStatus,
+    /// When it started, on the backend's clock (Unix seconds on AWS,
+    /// virtual seconds in the simulator).
+    pub started_s: f64,
+    /// When it closed, on the same clock, when the listing says.
+    pub stopped_s: Option<f64>,
+    /// How many times it was redriven.
+    pub redrive_count: u32,
+}
+
+/// One page of closed executions, newest start first.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClosedPage {
+    /// The executions on this page.
+    pub executions: Vec<ClosedExecution>,
+    /// The token for the next page; None on the last.
+    pub next_token: Option<String>,
+}
+
+/// What DescribeExecution says of one execution.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ExecutionDetail {
+    /// Its status now; None when the backend's word is not one of ours.
+    pub status: Option<ExecutionStatus>,
+    /// Its input, when the backend keeps it (the simulator keeps hashes).
+    pub input: Option<String>,
+    /// The error it failed with.
+    pub error: Option<String>,
+    /// The cause it failed with.
+    pub cause: Option<String>,
+    /// How many times it was redriven.
+    pub redrive_count: u32,
+    /// `redriveStatusReason` when `redriveStatus` is NOT_REDRIVABLE; None
+    /// when redrivable or not told.
+    pub not_redrivable: Option<String>,
+}
+
 /// Step Functions, for one state machine.
 pub trait Executions: Send + Sync {
     /// StartExecution with this name and input.
@@ -238,6 +335,57 @@ pub trait Executions: Send + Sync {
         &self,
         next_token: Option<String>,
     ) -> impl Future<Output = Result<ExecutionPage, PortError>> + Send;
+
+    /// RedriveExecution of the execution `execution_arn`: it resumes from
+    /// the state that failed, under the same ARN.
+    /// A backend without closed executions (a bench's or an example's)
+    /// refuses every redrive.
+    fn redrive(
+        &self,
+        execution_arn: &str,
+    ) -> impl Future<Output = Result<RedriveOutcome, PortError>> + Send {
+        let why = format!("ExecutionDoesNotExist: {execution_arn}");
+        async move { Ok(RedriveOutcome::NotRedrivable(why)) }
+    }
+
+    /// DescribeExecution of the execution `execution_arn`. A backend
+    /// without closed executions knows none.
+    fn describe(
+        &self,
+        execution_arn: &str,
+    ) -> impl Future<Output = Result<ExecutionDetail, PortError>> + Send {
+        let message = execution_arn.to_string();
+        async move {
+            Err(PortError::Permanent {
+                service: "states",
+                code: "ExecutionDoesNotExist".into(),
+                message,
+            })
+        }
+    }
+
+    /// One page (up to 1,000) of ListExecutions with `status`
+    /// (FAILED, TIMED_OUT or ABORTED), newest start first. A backend
+    /// without closed executions lists none.
+    fn list_closed(
+        &self,
+        status: ExecutionStatus,
+        next_token: Option<String>,
+    ) -> impl Future<Output = Result<ClosedPage, PortError>> + Send {
+        let _ = (status, next_token);
+        async { Ok(ClosedPage::default()) }
+    }
+
+    /// The state the execution failed in, when its history tells it
+    /// cheaply (GetExecutionHistory, newest events first); `None` when
+    /// it does not or the backend cannot read histories.
+    fn failed_state(
+        &self,
+        execution_arn: &str,
+    ) -> impl Future<Output = Result<Option<String>, PortError>> + Send {
+        let _ = execution_arn;
+        async { Ok(None) }
+    }
 
     /// The Lambdas-per-execution estimate last remembered for this state
     /// machine's current definition, if any: a restart, a new replica or

@@ -1,14 +1,48 @@
 //! `Executions` over Step Functions, for one state machine.
 
 use aws_sdk_sfn::Client;
-use aws_sdk_sfn::types::{ExecutionStatus, Tag};
+use aws_sdk_sfn::operation::redrive_execution::RedriveExecutionError;
+use aws_sdk_sfn::types::{ExecutionRedriveStatus, ExecutionStatus, Tag};
 
 use super::classify;
 use crate::control::naming::short_hash;
 use crate::control::refusal::same_input;
-use crate::ports::{ExecutionPage, Executions, PortError, StartOutcome};
+use crate::ports::{
+    ClosedExecution, ClosedPage, ExecutionDetail, ExecutionPage, ExecutionStatus as Status,
+    Executions, PortError, RedriveOutcome, StartOutcome,
+};
 
 const SERVICE: &str = "states";
+/// History events read (newest first) to find the state an execution
+/// failed in: its last state entered is within a few events of its end.
+const HISTORY_EVENTS: i32 = 25;
+
+/// The SDK's status as ours.
+fn status(s: &ExecutionStatus) -> Option<Status> {
+    Some(match s {
+        ExecutionStatus::Running => Status::Running,
+        ExecutionStatus::Succeeded => Status::Succeeded,
+        ExecutionStatus::Failed => Status::Failed,
+        ExecutionStatus::TimedOut => Status::TimedOut,
+        ExecutionStatus::Aborted => Status::Aborted,
+        ExecutionStatus::PendingRedrive => Status::PendingRedrive,
+        _ => return None,
+    })
+}
+
+/// Ours as the SDK's.
+fn sdk_status(s: Status) -> ExecutionStatus {
+    ExecutionStatus::from(s.as_str())
+}
+
+/// Whether RedriveExecution refused this execution for itself (the
+/// request's fault, not the service's or the task role's).
+fn refused_for_itself(e: &RedriveExecutionError) -> bool {
+    e.is_execution_not_redrivable()
+        || e.is_execution_does_not_exist()
+        || e.is_invalid_arn()
+        || e.is_validation_exception()
+}
 /// The state machine tag that keeps the learned Lambdas per execution:
 /// `"<k> def=<hash of the definition>"`, so a changed workflow starts
 /// from the maximum again.
@@ -152,6 +186,105 @@ impl Executions for SfnExecutions {
                 message: format!("DescribeExecution of {name} returned no input"),
             }),
         }
+    }
+
+    async fn redrive(&self, execution_arn: &str) -> Result<RedriveOutcome, PortError> {
+        match self
+            .client
+            .redrive_execution()
+            .execution_arn(execution_arn)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(RedriveOutcome::Redriven),
+            Err(e) if e.as_service_error().is_some_and(refused_for_itself) => {
+                let e = classify(SERVICE, &e);
+                Ok(RedriveOutcome::NotRedrivable(match e {
+                    PortError::Permanent { code, message, .. } => format!("{code}: {message}"),
+                    other => other.to_string(),
+                }))
+            }
+            Err(e) => Err(classify(SERVICE, &e)),
+        }
+    }
+
+    async fn describe(&self, execution_arn: &str) -> Result<ExecutionDetail, PortError> {
+        let out = self
+            .client
+            .describe_execution()
+            .execution_arn(execution_arn)
+            .send()
+            .await
+            .map_err(|e| classify(SERVICE, &e))?;
+        let not_redrivable = (out.redrive_status() == Some(&ExecutionRedriveStatus::NotRedrivable))
+            .then(|| {
+                out.redrive_status_reason()
+                    .unwrap_or("NOT_REDRIVABLE")
+                    .to_string()
+            });
+        Ok(ExecutionDetail {
+            status: status(out.status()),
+            input: out.input().map(str::to_string),
+            error: out.error().map(str::to_string),
+            cause: out.cause().map(str::to_string),
+            redrive_count: out.redrive_count().unwrap_or(0).max(0) as u32,
+            not_redrivable,
+        })
+    }
+
+    async fn list_closed(
+        &self,
+        wanted: Status,
+        next_token: Option<String>,
+    ) -> Result<ClosedPage, PortError> {
+        let out = self
+            .client
+            .list_executions()
+            .state_machine_arn(&self.arn)
+            .status_filter(sdk_status(wanted))
+            .max_results(1000)
+            .set_next_token(next_token)
+            .send()
+            .await
+            .map_err(|e| classify(SERVICE, &e))?;
+        Ok(ClosedPage {
+            executions: out
+                .executions()
+                .iter()
+                .map(|x| ClosedExecution {
+                    arn: x.execution_arn().to_string(),
+                    name: x.name().to_string(),
+                    status: status(x.status()).unwrap_or(wanted),
+                    started_s: x.start_date().as_secs_f64(),
+                    stopped_s: x
+                        .stop_date()
+                        .map(aws_sdk_sfn::primitives::DateTime::as_secs_f64),
+                    redrive_count: x.redrive_count().unwrap_or(0).max(0) as u32,
+                })
+                .collect(),
+            next_token: out.next_token().map(str::to_string),
+        })
+    }
+
+    async fn failed_state(&self, execution_arn: &str) -> Result<Option<String>, PortError> {
+        let out = self
+            .client
+            .get_execution_history()
+            .execution_arn(execution_arn)
+            .reverse_order(true)
+            .max_results(HISTORY_EVENTS)
+            .include_execution_data(false)
+            .send()
+            .await
+            .map_err(|e| classify(SERVICE, &e))?;
+        // The latest state entered: by event id, as moto 5.2.5 ignores
+        // reverseOrder and answers oldest first.
+        Ok(out
+            .events()
+            .iter()
+            .filter_map(|e| Some((e.id(), e.state_entered_event_details()?)))
+            .max_by_key(|(id, _)| *id)
+            .map(|(_, d)| d.name().to_string()))
     }
 
     async fn definition(&self) -> Result<Option<String>, PortError> {

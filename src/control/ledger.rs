@@ -250,6 +250,11 @@ impl Ledger {
         self.since_foreign_start.is_some_and(|n| n < 3)
     }
 
+    /// Whether execution `name` is ours and believed running.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
     /// Executions believed running: ours plus others'.
     pub fn in_flight(&self) -> usize {
         self.entries.len() + self.foreign

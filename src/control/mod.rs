@@ -14,6 +14,7 @@ pub mod naming;
 pub mod pacing;
 pub mod policy;
 pub mod receive;
+pub mod redrive;
 pub mod refusal;
 
 pub use policy::Policy;

@@ -115,6 +115,13 @@ impl Namer {
         Ok(Namer { parts })
     }
 
+    /// Whether names depend on the message id: only then does a body sent
+    /// again as a new message get a name of its own (a body's fields and
+    /// hash render as before, and the old execution keeps the name).
+    pub fn uses_message_id(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::MessageId))
+    }
+
     fn needs_json(&self) -> bool {
         self.parts.iter().any(|p| matches!(p, Part::Field(_)))
     }

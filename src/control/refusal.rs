@@ -35,6 +35,18 @@ pub enum DeadReason {
         /// The service's message.
         message: String,
     },
+    /// A redrive request whose execution cannot be redriven (too old,
+    /// not redrivable, does not exist, another state machine's) and does
+    /// not run again.
+    #[error(
+        "execution {execution_arn} cannot be redriven ({reason}); run `fanout redrive --requeue` to send its original input as a new message"
+    )]
+    NotRedrivable {
+        /// The execution the request named (or the body, if it named none).
+        execution_arn: String,
+        /// Step Functions' code and message, or why the request is refused.
+        reason: String,
+    },
 }
 
 impl DeadReason {
@@ -45,6 +57,7 @@ impl DeadReason {
             DeadReason::NameCollision(_) => "name_collision",
             DeadReason::InvalidExecutionInput(_) => "invalid_execution_input",
             DeadReason::InvalidName { .. } => "invalid_name",
+            DeadReason::NotRedrivable { .. } => "not_redrivable",
         }
     }
 }

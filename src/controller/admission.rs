@@ -8,10 +8,11 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use super::settle::Fate;
-use super::{Controller, sleep_unless};
+use super::{Controller, State, sleep_unless};
 use crate::control::budget::{Decision, Inputs};
 use crate::control::linger::Flush;
 use crate::control::receive::{self, Ask, Mode, Plan, Step};
+use crate::control::redrive::width_debt;
 use crate::metrics::Counter;
 use crate::ports::{ConcurrencyMetrics, Executions, Message, MetricsSink, PortError, WorkQueue};
 
@@ -36,6 +37,12 @@ where
         let cfg = self.cfg();
         let min_completions = cfg.estimator.min_completions;
         let mut st = self.state();
+        // Redriven executions count at their widest while they run.
+        let State {
+            ledger, redriven, ..
+        } = &mut *st;
+        redriven.retain(|n| ledger.contains(n));
+        let debt = width_debt(redriven.len(), st.estimator.k(), st.estimator.k_max());
         let running = st.ledger.in_flight_at(now, min_completions);
         let ceiling = st.admission.effective_ceiling(st.estimator.other_load());
         let room = st.estimator.function_allowance(
@@ -51,7 +58,7 @@ where
         }
         let inputs = Inputs {
             now,
-            running,
+            running: running + debt,
             in_hand: st.in_hand,
             k: st.estimator.k(),
             other_load: st.estimator.other_load(),

@@ -20,6 +20,7 @@ mod observe;
 mod params;
 mod progress;
 mod reconcile;
+mod redrive;
 mod seed;
 mod settle;
 mod start;
@@ -116,6 +117,8 @@ pub struct RunSummary {
     pub reconciles: u64,
     /// Ledger entries completed by a status-change event.
     pub completed_by_event: u64,
+    /// Executions redriven for a redrive request.
+    pub redriven: u64,
 }
 
 impl RunSummary {
@@ -132,6 +135,7 @@ impl RunSummary {
             Counter::StartThrottles => &mut self.start_throttles,
             Counter::Reconciles => &mut self.reconciles,
             Counter::EventCompletions => &mut self.completed_by_event,
+            Counter::Redrives => &mut self.redriven,
             _ => return,
         };
         *field += n;
@@ -173,6 +177,9 @@ struct SourceState {
 /// The state the loops share, behind one lock.
 struct State {
     ledger: Ledger,
+    /// Executions this controller redrove, while the ledger holds them:
+    /// they resume mid-workflow, possibly at their widest.
+    redriven: BTreeSet<String>,
     estimator: Estimator,
     admission: Admission,
     in_hand: usize,
@@ -232,6 +239,7 @@ where
             in_hand: 0,
             ready: false,
             summary: RunSummary::default(),
+            redriven: BTreeSet::new(),
             last_observed_s: f64::NEG_INFINITY,
             paused_until: f64::NEG_INFINITY,
             sources: b.sources.iter().map(|_| SourceState::default()).collect(),

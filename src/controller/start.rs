@@ -14,11 +14,28 @@ use super::settle::Fate;
 use super::{Controller, lock, sleep_unless};
 use crate::control::naming::short_hash;
 use crate::control::pacing::Backoff;
+use crate::control::redrive::parse_request;
 use crate::control::refusal::{DeadReason, refused_message};
 use crate::metrics::Counter;
 use crate::ports::{
     ConcurrencyMetrics, Executions, Message, MetricsSink, PortError, StartOutcome, WorkQueue,
 };
+
+/// What one message asks for.
+enum Job {
+    /// StartExecution under this name.
+    Start(String),
+    /// RedriveExecution of this execution ARN.
+    Redrive(String),
+}
+
+/// One attempt's result: the message's fate, or an error to retry after.
+pub(super) enum Attempt {
+    /// Settled.
+    Done(Fate),
+    /// Throttled or transient: retry with backoff.
+    Retry(PortError),
+}
 
 /// How long admission stops after a permanent StartExecution error.
 pub(super) const PERMANENT_PAUSE: Duration = Duration::from_secs(60);
@@ -38,11 +55,15 @@ where
         m: &Message,
         shutdown: &watch::Receiver<bool>,
     ) -> Fate {
-        let name = match self.namer.name(&m.id, &m.body) {
-            Ok(n) => n,
-            Err(why) => return Fate::DeadLetter(why.into()),
-        };
         let cfg = self.cfg();
+        let job = match parse_request(&m.body, &cfg.aws.state_machine_arn) {
+            Some(Ok(arn)) => Job::Redrive(arn),
+            Some(Err(why)) => return self.unservable_request(m, &why),
+            None => match self.namer.name(&m.id, &m.body) {
+                Ok(n) => Job::Start(n),
+                Err(why) => return Fate::DeadLetter(why.into()),
+            },
+        };
         let r = &cfg.retry;
         let vis = cfg.controller.visibility();
         let received = Instant::now();
@@ -56,40 +77,13 @@ where
         loop {
             let pacer = lock(&self.start_pacer).clone();
             pacer.acquire().await;
-            let result = self.b.executions.start(&name, &m.body).await;
-            self.heartbeat_if_answered(result.as_ref().err());
-            let failed = match result {
-                Ok(outcome) => match self.answered(outcome, &name, m).await {
-                    Ok(fate) => return fate,
-                    Err(e) => e,
-                },
-                Err(e @ PortError::Permanent { .. }) => {
-                    if let Some(why) = refused_message(&e, &name) {
-                        // This message's own fault: it goes, the rest flow.
-                        warn!(message_id = %m.id, execution = %name, error = %e, code = why.code(),
-                            "StartExecution refused this message; moving it to the dead-letter queue: fix it and send it again");
-                        self.tally(Counter::RefusedMessages, 1);
-                        return Fate::DeadLetter(why);
-                    }
-                    // Any other permanent error is systemic (permissions,
-                    // a wrong ARN): never dead-letter the queue for it.
-                    warn!(message_id = %m.id, execution = %name, error = %e,
-                        "StartExecution refused; message handed back, check aws.state_machine_arn and the task role");
-                    self.tally(Counter::StartErrorsPermanent, 1);
-                    // Stop receiving for a while: otherwise every message
-                    // would be received and handed back until the redrive
-                    // policy dead-letters the whole backlog.
-                    self.state().paused_until = self.now() + PERMANENT_PAUSE.as_secs_f64();
-                    return Fate::Requeue(PERMANENT_PAUSE);
-                }
-                Err(e) => {
-                    if matches!(e, PortError::Throttled { .. }) {
-                        self.tally(Counter::StartThrottles, 1);
-                    } else {
-                        self.tally(Counter::StartErrorsTransient, 1);
-                    }
-                    e
-                }
+            let attempt = match &job {
+                Job::Start(name) => self.start_attempt(name, m).await,
+                Job::Redrive(arn) => self.redrive_attempt(arn, m).await,
+            };
+            let failed = match attempt {
+                Attempt::Done(fate) => return fate,
+                Attempt::Retry(e) => e,
             };
             debug!(message_id = %m.id, error = %failed, "start failed, retrying");
             if *shutdown.borrow() || received.elapsed() > Duration::from_secs(r.give_up_secs) {
@@ -104,6 +98,59 @@ where
             }
             sleep_unless(delay, shutdown).await;
         }
+    }
+
+    /// One StartExecution of `m` under `name`: its fate, or the retryable
+    /// error (counted) to retry after.
+    async fn start_attempt(&self, name: &str, m: &Message) -> Attempt {
+        let result = self.b.executions.start(name, &m.body).await;
+        self.heartbeat_if_answered(result.as_ref().err());
+        match result {
+            Ok(outcome) => match self.answered(outcome, name, m).await {
+                Ok(fate) => Attempt::Done(fate),
+                Err(e) => Attempt::Retry(e),
+            },
+            Err(e @ PortError::Permanent { .. }) => {
+                if let Some(why) = refused_message(&e, name) {
+                    // This message's own fault: it goes, the rest flow.
+                    warn!(message_id = %m.id, execution = %name, error = %e, code = why.code(),
+                        "StartExecution refused this message; moving it to the dead-letter queue: fix it and send it again");
+                    self.tally(Counter::RefusedMessages, 1);
+                    return Attempt::Done(Fate::DeadLetter(why));
+                }
+                Attempt::Done(self.refused_by_service("StartExecution", name, m, &e))
+            }
+            Err(e) => Attempt::Retry(self.retryable(e)),
+        }
+    }
+
+    /// A permanent error about the service (permissions, a wrong ARN),
+    /// which every message would meet: never dead-letter the queue for
+    /// it. The message goes back and admission pauses: otherwise every
+    /// message would be received and handed back until the redrive policy
+    /// dead-letters the whole backlog.
+    pub(super) fn refused_by_service(
+        &self,
+        api: &str,
+        execution: &str,
+        m: &Message,
+        e: &PortError,
+    ) -> Fate {
+        warn!(message_id = %m.id, execution = %execution, api, error = %e,
+            "Step Functions refused the call; message handed back, check aws.state_machine_arn and the task role");
+        self.tally(Counter::StartErrorsPermanent, 1);
+        self.state().paused_until = self.now() + PERMANENT_PAUSE.as_secs_f64();
+        Fate::Requeue(PERMANENT_PAUSE)
+    }
+
+    /// Count a throttle or transient error of a start or a redrive.
+    pub(super) fn retryable(&self, e: PortError) -> PortError {
+        if matches!(e, PortError::Throttled { .. }) {
+            self.tally(Counter::StartThrottles, 1);
+        } else {
+            self.tally(Counter::StartErrorsTransient, 1);
+        }
+        e
     }
 
     /// The fate of `m` once StartExecution answered. `Err`: whether the
@@ -154,7 +201,7 @@ where
     /// retry loop is making progress, so /healthz must not call the task
     /// stalled while one admission step retries throttled starts for up to
     /// `give_up_secs` (admission decides again only after the step).
-    fn heartbeat_if_answered(&self, error: Option<&PortError>) {
+    pub(super) fn heartbeat_if_answered(&self, error: Option<&PortError>) {
         if error.is_none_or(PortError::is_answer) {
             self.heartbeat();
         }

@@ -118,6 +118,7 @@ pub async fn simulate(opts: SimOptions) -> Result<(Report, Timeline), Controller
     let mut crashes = sc.crash_faults().into_iter();
     let mut next_crash = crashes.next();
     let limit = sc.max_virtual_secs as f64;
+    let redrive = std::cell::Cell::new(sc.sfn.redrive_after_drain);
     let (replica_tx, replica_rx) = watch::channel(false);
     let store = SimClaims::new(Duration::from_millis(10)); // a DynamoDB round trip
     let main = async {
@@ -143,7 +144,7 @@ pub async fn simulate(opts: SimOptions) -> Result<(Report, Timeline), Controller
             let outcome = tokio::select! {
                 biased;
                 _ = &mut run => Until::Finished,
-                u = watch_world(&shared, &bar, crash_at, limit) => u,
+                u = watch_world(&shared, &bar, crash_at, limit, &redrive) => u,
             };
             match outcome {
                 Until::Crash => {
@@ -155,7 +156,7 @@ pub async fn simulate(opts: SimOptions) -> Result<(Report, Timeline), Controller
                     next_crash = crashes.next();
                     let resume = shared.now_s() + restart_after;
                     if let Until::Finished | Until::TimeLimit =
-                        watch_world(&shared, &bar, Some(resume), limit).await
+                        watch_world(&shared, &bar, Some(resume), limit, &redrive).await
                     {
                         end = shared.now_s();
                         break;
@@ -242,26 +243,62 @@ fn progress_bar(show: bool, total: u64) -> ProgressBar {
     b
 }
 
+/// `fanout redrive` on the simulated account, once the workload is
+/// drained: the failed executions listed (paced as on AWS) and a redrive
+/// request for each put on the bulk queue, while the controller runs.
+async fn redrive_phase(shared: &Shared) {
+    let sc = shared.at_now().scenario().clone();
+    let b = backends(shared, &sc);
+    let opts = crate::redrive::RedriveOptions {
+        list: crate::redrive::ListOptions {
+            since_s: f64::NEG_INFINITY,
+            pages_per_s: 2,
+            describes_per_s: 5,
+        },
+        now_s: shared.now_s(),
+        dry_run: false,
+        requeue: false,
+    };
+    let bulk = &b.sources[1].queue;
+    if let Err(e) = crate::redrive::redrive(&b.executions, bulk, STATE_MACHINE_ARN, opts).await {
+        tracing::warn!(error = %e, "simulated fanout redrive failed");
+    }
+}
+
 /// Tick the world each virtual second until it is finished, `until` is
-/// reached (Crash) or the time limit.
-async fn watch_world(shared: &Shared, bar: &ProgressBar, until: Option<f64>, limit: f64) -> Until {
+/// reached (Crash) or the time limit. The first time it is finished with
+/// `redrive` set, the redrive phase runs and the watch goes on.
+async fn watch_world(
+    shared: &Shared,
+    bar: &ProgressBar,
+    until: Option<f64>,
+    limit: f64,
+    redrive: &std::cell::Cell<bool>,
+) -> Until {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now = shared.now_s();
-        let mut w = shared.at_now();
-        w.record_depth();
-        if (now as u64).is_multiple_of(5) {
-            let done = w.origins.iter().filter(|o| o.deleted || o.in_dlq).count() as u64;
-            bar.set_position(done);
-            bar.set_message(format!(
-                "t={:.0}s running={} lambdas={} backlog={}",
-                now,
-                w.running_executions(),
-                w.pipeline_concurrency(),
-                w.backlog()
-            ));
-        }
-        if w.finished() {
+        let finished = {
+            let mut w = shared.at_now();
+            w.record_depth();
+            if (now as u64).is_multiple_of(5) {
+                let done = w.origins.iter().filter(|o| o.deleted || o.in_dlq).count() as u64;
+                bar.set_position(done);
+                bar.set_message(format!(
+                    "t={:.0}s running={} lambdas={} backlog={}",
+                    now,
+                    w.running_executions(),
+                    w.pipeline_concurrency(),
+                    w.backlog()
+                ));
+            }
+            w.finished()
+        };
+        if finished {
+            if redrive.replace(false) {
+                redrive_phase(shared).await;
+                continue;
+            }
             return Until::Finished;
         }
         if now >= limit {

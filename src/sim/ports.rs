@@ -11,9 +11,9 @@ use futures::future::BoxFuture;
 use crate::metrics::{Counter, Gauge, Progress};
 use crate::ports::ClaimRecord as Record;
 use crate::ports::{
-    ClaimStore, ConcurrencyMetrics, ConcurrencySample, EntryFailure, ExecutionPage, Executions,
-    Message, MetricsSink, OutgoingMessage, PortError, QueueDepth, StartOutcome, StoredClaims,
-    WorkQueue,
+    ClaimStore, ClosedPage, ConcurrencyMetrics, ConcurrencySample, EntryFailure, ExecutionDetail,
+    ExecutionPage, ExecutionStatus, Executions, Message, MetricsSink, OutgoingMessage, PortError,
+    QueueDepth, RedriveOutcome, StartOutcome, StoredClaims, WorkQueue,
 };
 use crate::sim::world::World;
 
@@ -215,6 +215,29 @@ impl Executions for SimExecutions {
         tokio::time::sleep(self.latency).await;
         let (names, next_token) = self.shared.at_now().list_running(next_token)?;
         Ok(ExecutionPage { names, next_token })
+    }
+
+    async fn redrive(&self, execution_arn: &str) -> Result<RedriveOutcome, PortError> {
+        tokio::time::sleep(self.latency).await;
+        self.shared.at_now().redrive_execution(execution_arn)
+    }
+
+    async fn describe(&self, execution_arn: &str) -> Result<ExecutionDetail, PortError> {
+        tokio::time::sleep(self.latency).await;
+        self.shared.at_now().describe_execution(execution_arn)
+    }
+
+    async fn list_closed(
+        &self,
+        status: ExecutionStatus,
+        next_token: Option<String>,
+    ) -> Result<ClosedPage, PortError> {
+        tokio::time::sleep(self.latency).await;
+        let (executions, next_token) = self.shared.at_now().list_closed(status, next_token)?;
+        Ok(ClosedPage {
+            executions,
+            next_token,
+        })
     }
 
     async fn definition(&self) -> Result<Option<String>, PortError> {

@@ -42,8 +42,15 @@ pub struct Report {
     pub max_receive_count: u32,
     /// Invocations Lambda throttled.
     pub lambda_throttles: u64,
-    /// Executions that failed.
+    /// Executions that failed (a redriven one that failed again counts
+    /// each time).
     pub executions_failed: u64,
+    /// Redrive requests put on the work queues (`[sfn] redrive_after_drain`).
+    pub redrive_requests: u64,
+    /// Executions RedriveExecution ran again.
+    pub executions_redriven: u64,
+    /// Executions FAILED at the end (each name once, as its latest run).
+    pub failed_at_end: u64,
     /// API calls per service.
     pub api_calls: BTreeMap<String, u64>,
     /// API calls per operation ("sqs.ReceiveMessage", ...).
@@ -318,6 +325,9 @@ impl Report {
             max_receive_count: max_rc,
             lambda_throttles: w.stats.lambda_throttles,
             executions_failed: w.stats.executions_failed,
+            redrive_requests: w.stats.redrive_requests,
+            executions_redriven: w.stats.executions_redriven,
+            failed_at_end: w.failed_now() as u64,
             api_calls,
             api_calls_by_operation: by_op,
             overhead_calls_per_start: round(overhead as f64 / started.max(1) as f64),
@@ -373,6 +383,9 @@ impl Report {
         );
         line("lambda_throttles", self.lambda_throttles.to_string());
         line("executions_failed", self.executions_failed.to_string());
+        line("redrive_requests", self.redrive_requests.to_string());
+        line("executions_redriven", self.executions_redriven.to_string());
+        line("failed_at_end", self.failed_at_end.to_string());
         line(
             "state_transitions_throttled",
             self.state_transitions_throttled.to_string(),

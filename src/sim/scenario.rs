@@ -167,6 +167,10 @@ pub struct SfnModel {
     /// (`InvalidExecutionInput` above it). Lower it to have bodies the
     /// controller's own 262,144-byte check lets through refused.
     pub max_input_bytes: usize,
+    /// Once the workload is drained, list the failed executions and put a
+    /// redrive request for each on the bulk queue, as `fanout redrive`
+    /// does; the run ends when the controller has served them.
+    pub redrive_after_drain: bool,
 }
 
 impl SfnModel {
@@ -192,6 +196,7 @@ impl SfnModel {
         completion_event_delay_secs: 1.0,
         remembered_lambdas_per_execution: None,
         max_input_bytes: crate::control::naming::MAX_INPUT_BYTES,
+        redrive_after_drain: false,
     };
 }
 
@@ -321,6 +326,9 @@ pub struct LambdaModel {
     pub legacy_per_minute: f64,
     /// Probability that an invocation fails (retried by the workflow).
     pub error_rate: f64,
+    /// `error_rate` applies to invocations before this virtual time only
+    /// (a dependency's outage that ends); None: all run long.
+    pub errors_until_secs: Option<f64>,
     /// Added to an invocation that needs a new environment.
     pub cold_start_ms: u64,
     /// Fraction of idle warm environments reclaimed per minute; a function
@@ -340,6 +348,7 @@ impl LambdaModel {
         legacy_burst: 3000.0,
         legacy_per_minute: 500.0,
         error_rate: 0.0,
+        errors_until_secs: None,
         cold_start_ms: 400,
         warm_decay_per_minute: 0.2,
         reserved: BTreeMap::new(),

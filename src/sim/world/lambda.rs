@@ -326,7 +326,11 @@ impl Lambda {
         self.pipeline_conc += 1;
         self.trace.function_at(f as usize, now, conc);
         self.observe(now);
-        let ok = rng.random::<f64>() >= self.model.error_rate;
+        let rate = match self.model.errors_until_secs {
+            Some(until) if now >= until => 0.0,
+            _ => self.model.error_rate,
+        };
+        let ok = rng.random::<f64>() >= rate;
         Invocation { duration, ok }
     }
 

@@ -12,6 +12,7 @@ mod audit;
 mod cloudwatch;
 mod faults;
 mod lambda;
+mod redrive;
 mod sfn;
 mod sqs;
 mod workflow;
@@ -29,6 +30,7 @@ use cloudwatch::CloudWatch;
 use faults::Faults;
 pub use lambda::FunctionStats;
 use lambda::Lambda;
+pub use redrive::execution_arn;
 use sfn::{Sfn, Start};
 use sqs::Sqs;
 
@@ -156,6 +158,10 @@ pub struct Stats {
     pub executions_failed: u64,
     /// Executions that succeeded.
     pub executions_succeeded: u64,
+    /// Redrive requests put on the work queues.
+    pub redrive_requests: u64,
+    /// Executions redriven (RedriveExecution that ran one again).
+    pub executions_redriven: u64,
     /// Calls per API operation ("service.Operation").
     pub api_calls: BTreeMap<&'static str, u64>,
     /// When the last execution closed.
@@ -481,6 +487,9 @@ impl World {
                 o.in_dlq = true;
                 o.dead_letter_sends += 1;
             }
+            if e.body.contains(crate::control::redrive::REQUEST_KEY) {
+                self.stats.redrive_requests += 1;
+            }
             self.sqs
                 .send(q, e.body.clone(), e.delay, self.now, &mut rng);
         }
@@ -637,10 +646,13 @@ impl World {
     // ---- driver ------------------------------------------------------
 
     /// Every workload message is deleted or dead-lettered and nothing runs.
+    /// Once redrive requests were sent, the work queues must be empty too.
     pub fn finished(&self) -> bool {
         self.sfn.running() == 0
             && self.arrivals_left == 0
             && self.origins.iter().all(|o| o.deleted || o.in_dlq)
+            && (self.stats.redrive_requests == 0
+                || self.queue_len(PRIORITY) + self.queue_len(BULK) == 0)
     }
 
     /// Executions running now.

@@ -42,6 +42,9 @@ pub(super) struct Exec {
     pub(super) map_items: u16,
     pub(super) map_next: u16,
     pub(super) map_active: u16,
+    /// Times it was redriven (each redrive is a new `Exec` of the name,
+    /// so events of the failed run find theirs closed and do nothing).
+    redrive_count: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -108,6 +111,27 @@ pub(super) enum Start {
     AlreadyExists,
 }
 
+/// What RedriveExecution did with a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Redrive {
+    /// Running again as execution `x`, from stage `stage`.
+    New { x: u32, stage: u16 },
+    /// Refused: the service's code and message.
+    Refused(String),
+}
+
+/// A closed execution as ListExecutions shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Closed {
+    pub(super) name: String,
+    pub(super) started_at: f64,
+    pub(super) stopped_at: f64,
+    pub(super) redrive_count: u32,
+}
+
+/// What DescribeExecution tells of a name: status and redrive count.
+pub(super) type Described = (ExecStatus, u32);
+
 /// The state machine's executions.
 #[derive(Debug)]
 pub(super) struct Sfn {
@@ -120,6 +144,8 @@ pub(super) struct Sfn {
     snapshots: HashMap<String, (Vec<u32>, usize)>,
     next_token: u64,
     start_bucket: TokenBucket,
+    /// RedriveExecution's bucket: StartExecution's size and rate.
+    redrive_bucket: TokenBucket,
     list_bucket: TokenBucket,
     transition_bucket: TokenBucket,
     list_lag: f64,
@@ -138,6 +164,7 @@ impl Sfn {
             snapshots: HashMap::new(),
             next_token: 0,
             start_bucket: TokenBucket::full(m.start_execution),
+            redrive_bucket: TokenBucket::full(m.start_execution),
             list_bucket: TokenBucket::full(m.list_executions),
             transition_bucket: TokenBucket::full(m.state_transitions),
             list_lag: m.list_lag_secs,
@@ -178,10 +205,133 @@ impl Sfn {
             map_items: 0,
             map_next: 0,
             map_active: 0,
+            redrive_count: 0,
         });
         self.by_name.insert(name.to_string(), x);
         self.running.insert(x);
         Ok(Start::New(x))
+    }
+
+    /// RedriveExecution of `name`: a FAILED execution closed within 14
+    /// days runs again from the stage it failed in, as a new `Exec` of
+    /// the same name, input and origin.
+    pub(super) fn redrive(&mut self, name: &str, now: f64) -> Result<Redrive, PortError> {
+        if !self.redrive_bucket.take(now) {
+            return Err(throttled());
+        }
+        let Some(&old) = self.by_name.get(name) else {
+            return Ok(Redrive::Refused(format!(
+                "ExecutionDoesNotExist: Execution Does Not Exist: '{name}'"
+            )));
+        };
+        let ex = &self.execs[old as usize];
+        let refused = |why: &str| Ok(Redrive::Refused(format!("ExecutionNotRedrivable: {why}")));
+        match ex.status {
+            ExecStatus::Running => return refused("Execution is RUNNING and cannot be redriven."),
+            ExecStatus::Succeeded => {
+                return refused("Execution is SUCCEEDED and cannot be redriven.");
+            }
+            ExecStatus::Failed if now - ex.closed_at > crate::control::redrive::REDRIVABLE_SECS => {
+                return refused("Execution redrivable period exceeded.");
+            }
+            ExecStatus::Failed => {}
+        }
+        let x = self.execs.len() as u32;
+        let again = Exec {
+            name: ex.name.clone(),
+            input_hash: ex.input_hash,
+            origin: ex.origin,
+            started_at: ex.started_at,
+            closed_at: f64::INFINITY,
+            status: ExecStatus::Running,
+            stage: ex.stage,
+            map_items: 0,
+            map_next: 0,
+            map_active: 0,
+            redrive_count: ex.redrive_count + 1,
+        };
+        let stage = again.stage;
+        self.execs.push(again);
+        self.by_name.insert(name.to_string(), x);
+        self.running.insert(x);
+        Ok(Redrive::New { x, stage })
+    }
+
+    /// DescribeExecution of `name`: its status and redrive count now.
+    pub(super) fn describe(&self, name: &str) -> Option<Described> {
+        let ex = &self.execs[*self.by_name.get(name)? as usize];
+        Some((ex.status, ex.redrive_count))
+    }
+
+    /// Names whose execution is FAILED now (not redriven since).
+    pub(super) fn failed_now(&self) -> usize {
+        self.by_name
+            .values()
+            .filter(|&&x| self.execs[x as usize].status == ExecStatus::Failed)
+            .count()
+    }
+
+    /// ListExecutions(FAILED): a page, newest start first, and the token
+    /// of the next. Closes show after the listing's lag.
+    pub(super) fn list_failed(
+        &mut self,
+        token: Option<String>,
+        now: f64,
+    ) -> Result<(Vec<Closed>, Option<String>), PortError> {
+        if !self.list_bucket.take(now) {
+            return Err(throttled());
+        }
+        let (ids, offset) = if let Some(t) = token {
+            self.snapshots
+                .remove(&t)
+                .ok_or_else(|| PortError::Permanent {
+                    service: "sfn",
+                    code: "InvalidToken".into(),
+                    message: t,
+                })?
+        } else {
+            {
+                let lag = self.list_lag;
+                let mut v: Vec<u32> = self
+                    .by_name
+                    .values()
+                    .copied()
+                    .filter(|&x| {
+                        let ex = &self.execs[x as usize];
+                        ex.status == ExecStatus::Failed && ex.closed_at + lag <= now
+                    })
+                    .collect();
+                // Newest start first; the index breaks ties (and keeps
+                // the order free of the map's).
+                v.sort_unstable_by(|&a, &b| {
+                    let (ea, eb) = (&self.execs[a as usize], &self.execs[b as usize]);
+                    eb.started_at.total_cmp(&ea.started_at).then(b.cmp(&a))
+                });
+                (v, 0)
+            }
+        };
+        let end = (offset + PAGE).min(ids.len());
+        let page = ids[offset..end]
+            .iter()
+            .map(|&x| {
+                let ex = &self.execs[x as usize];
+                Closed {
+                    name: ex.name.clone(),
+                    started_at: ex.started_at,
+                    stopped_at: ex.closed_at,
+                    redrive_count: ex.redrive_count,
+                }
+            })
+            .collect();
+        let next = if end < ids.len() {
+            self.next_token += 1;
+            let t = format!("tok-{}", self.next_token);
+            self.snapshots.insert(t.clone(), (ids, end));
+            Some(t)
+        } else {
+            None
+        };
+        Ok((page, next))
     }
 
     /// DescribeExecution of `name`: the hash of its input, if it exists.
@@ -307,6 +457,8 @@ impl Sfn {
             .copied()
             .chain(self.recently_closed.iter().copied())
             .filter(|&x| self.execs[x as usize].started_at + lag <= now)
+            // A redriven name shows once, as its latest run.
+            .filter(|&x| self.by_name.get(&self.execs[x as usize].name) == Some(&x))
             .collect();
         v.sort_unstable_by(|a, b| b.cmp(a));
         v
