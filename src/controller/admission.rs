@@ -44,12 +44,10 @@ where
         redriven.retain(|n| ledger.contains(n));
         let debt = width_debt(redriven.len(), st.estimator.k(), st.estimator.k_max());
         let running = st.ledger.in_flight_at(now, min_completions);
-        let ceiling = st.admission.effective_ceiling(st.estimator.other_load());
         let room = st.estimator.function_allowance(
             backend_now,
             cfg.controller.headroom_fraction,
             running as f64,
-            ceiling,
         );
         st.admission.set_function_room(room);
         if backend_now - st.last_observed_s >= 1.0 {

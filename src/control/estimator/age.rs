@@ -403,8 +403,9 @@ impl Estimator {
     /// pipeline's width by age: an execution holds ∫w(a)da Lambda-seconds
     /// over its life, so starts at rate λ hold λ·∫w Lambdas with λ·L
     /// running (Little's law, L the mean lifetime). Known once lifetimes
-    /// are (the horizon is closed) and the minutes fitted reach a whole
-    /// horizon past the first start, so every age was seen. Executions
+    /// are (the horizon is closed) and the minutes fitted reach two
+    /// horizons past the first start, so every age was seen in several
+    /// minutes (a wide last phase seen once fits narrow). Executions
     /// started by others (a previous life, another replica) load the fit
     /// without being counted as starts: they widen it, the safe side.
     pub(super) fn steady_width(&self) -> Option<f64> {
@@ -415,7 +416,7 @@ impl Estimator {
         let life = self.mean_lifetime?;
         let first = self.starts.first()?;
         let newest = *self.seen.keys().next_back()? as f64 + 60.0;
-        if newest - first < p.horizon() {
+        if newest - first < 2.0 * p.horizon() {
             return None;
         }
         let held: f64 = (0..BUCKETS)
@@ -430,18 +431,8 @@ impl Estimator {
     /// Executions that may start now (backend time `now_s`) with every
     /// limited function whose width by age is known kept under its limit
     /// less `headroom` over the next lifetime, by the ages already started
-    /// (`running`: the count for the noise margin). While k̂ stands on the
-    /// width by age (`SampleUse::Profiled`), the whole pipeline is kept
-    /// under `ceiling` (Lambdas, headroom taken) the same way: k̂ is then a
-    /// steady mean, and a cohort let in at once would peak above it. None:
-    /// no such bound.
-    pub fn function_allowance(
-        &mut self,
-        now_s: f64,
-        headroom: f64,
-        running: f64,
-        ceiling: f64,
-    ) -> Option<f64> {
+    /// (`running`: the count for the noise margin). None: no such function.
+    pub fn function_allowance(&mut self, now_s: f64, headroom: f64, running: f64) -> Option<f64> {
         let second = now_s.max(0.0) as u64;
         let total = self.starts.total();
         if let Some((s, t, a)) = self.allowance
@@ -459,12 +450,6 @@ impl Estimator {
                 let room = f.limit()? * (1.0 - headroom);
                 Some(p.allowance(&self.starts, now_s, room))
             })
-            .chain(
-                self.pipeline
-                    .as_ref()
-                    .filter(|_| self.profiled && !self.stable_seen)
-                    .map(|p| p.scaled(margin).allowance(&self.starts, now_s, ceiling)),
-            )
             .reduce(f64::min);
         self.allowance = Some((second, total, a));
         a

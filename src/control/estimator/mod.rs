@@ -75,8 +75,9 @@ pub enum SampleUse {
     Learned(f64),
     /// Unstable (or throttled) minute below the estimate: kept for safety.
     Held(f64),
-    /// Before any stable minute: the estimate follows the steady width the
-    /// pipeline's width by age predicts (`Estimator::steady_width`).
+    /// Before any stable minute: the estimate was lowered, once, to the
+    /// steady width the pipeline's width by age predicts
+    /// (`Estimator::steady_width`).
     Profiled(f64),
     /// A minute read again with nothing higher than what was used.
     Unchanged,
@@ -645,21 +646,21 @@ impl Estimator {
             SampleUse::Learned(k) => self.learned_since = Some(k),
             // No stable minute yet (a cold start): the width by age fitted
             // to the ramp's minutes predicts the steady width before a
-            // stable minute can show it, up or down while it refits.
-            SampleUse::Held(_) if !self.stable_seen => {
-                if let Some(w) = self.steady_width().map(|w| (w * margin).max(floor)) {
-                    let k = self.k.value();
-                    // Lowered, the running count grows: no stable window
-                    // before the growth is over (a growing minute's ratio
-                    // reads narrow). A refit a little lower is noise.
-                    if w < k * (1.0 - PROFILE_STEP) {
-                        self.calm_from = self.read_at;
-                    }
-                    if w < k * (1.0 - PROFILE_STEP) || (self.profiled && w > k) {
-                        self.k = Width::new(w);
-                        self.profiled = true;
-                        r.width = SampleUse::Profiled(w);
-                    }
+            // stable minute can show it. Once: later refits wander (a
+            // varied workload's by ±8 %), and each move would restart the
+            // wait for a stable window. Only down, and at least by
+            // `PROFILE_STEP`: ages nearly uniform fit wide, and a raise
+            // would starve the pipeline with no stable minute to correct it.
+            SampleUse::Held(_) if !self.stable_seen && !self.profiled => {
+                if let Some(w) = self.steady_width().map(|w| (w * margin).max(floor))
+                    && w < self.k.value() * (1.0 - PROFILE_STEP)
+                {
+                    self.k = Width::new(w);
+                    self.profiled = true;
+                    // The running count grows now: a stable window starts
+                    // after (a growing minute's ratio reads narrow).
+                    self.calm_from = self.read_at;
+                    r.width = SampleUse::Profiled(w);
                 }
             }
             _ => {}
@@ -678,8 +679,7 @@ impl Estimator {
     }
 }
 
-/// The least the width by age lowers k̂ by: its refits wander by about
-/// this much minute to minute.
+/// The least the width by age lowers k̂ by: less is within its noise.
 const PROFILE_STEP: f64 = 0.03;
 
 /// A function whose minute maximum stayed under this fraction of its limit
