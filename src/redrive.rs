@@ -551,6 +551,131 @@ mod tests {
         }
     }
 
+    use std::sync::Mutex;
+
+    use crate::ports::{
+        ClosedPage, EntryFailure, ExecutionDetail, ExecutionPage, Message, QueueDepth, StartOutcome,
+    };
+
+    const DAY: f64 = 86_400.0;
+    const NOW: f64 = 100.0 * DAY;
+
+    /// Two failed executions: one closed 2 days ago, one 20 days ago.
+    struct Closed;
+
+    impl Executions for Closed {
+        async fn start(&self, _: &str, _: &str) -> Result<StartOutcome, PortError> {
+            unreachable!("redrive never starts")
+        }
+        async fn input_matches(&self, _: &str, _: &str) -> Result<bool, PortError> {
+            Ok(true)
+        }
+        async fn list_running(&self, _: Option<String>) -> Result<ExecutionPage, PortError> {
+            Ok(ExecutionPage::default())
+        }
+        async fn list_closed(
+            &self,
+            status: ExecutionStatus,
+            _: Option<String>,
+        ) -> Result<ClosedPage, PortError> {
+            let x = |name: &str, stopped: f64| ClosedExecution {
+                arn: format!("arn:exec:{name}"),
+                name: name.into(),
+                status,
+                started_s: stopped - 60.0,
+                stopped_s: Some(stopped),
+                redrive_count: 0,
+            };
+            Ok(ClosedPage {
+                executions: if status == ExecutionStatus::Failed {
+                    vec![x("recent", NOW - 2.0 * DAY), x("old", NOW - 20.0 * DAY)]
+                } else {
+                    Vec::new()
+                },
+                next_token: None,
+            })
+        }
+        async fn describe(&self, arn: &str) -> Result<ExecutionDetail, PortError> {
+            Ok(ExecutionDetail {
+                status: Some(ExecutionStatus::Failed),
+                input: Some(format!(r#"{{"company_id":"{arn}"}}"#)),
+                ..ExecutionDetail::default()
+            })
+        }
+    }
+
+    #[derive(Default)]
+    struct Sent(Mutex<Vec<String>>);
+
+    impl WorkQueue for Sent {
+        async fn receive(
+            &self,
+            _: usize,
+            _: Duration,
+            _: Duration,
+        ) -> Result<Vec<Message>, PortError> {
+            Ok(Vec::new())
+        }
+        async fn delete_batch(&self, _: &[String]) -> Result<Vec<EntryFailure>, PortError> {
+            Ok(Vec::new())
+        }
+        async fn change_visibility_batch(
+            &self,
+            _: &[String],
+            _: Duration,
+        ) -> Result<Vec<EntryFailure>, PortError> {
+            Ok(Vec::new())
+        }
+        async fn send_batch(&self, m: &[OutgoingMessage]) -> Result<Vec<EntryFailure>, PortError> {
+            self.0
+                .lock()
+                .unwrap()
+                .extend(m.iter().map(|m| m.body.clone()));
+            Ok(Vec::new())
+        }
+        async fn depth(&self) -> Result<QueueDepth, PortError> {
+            Ok(QueueDepth::default())
+        }
+    }
+
+    async fn run(requeue: bool) -> (RedriveSummary, Vec<String>) {
+        let q = Sent::default();
+        let opts = RedriveOptions {
+            list: ListOptions {
+                since_s: 0.0,
+                pages_per_s: 100,
+                describes_per_s: 100,
+            },
+            now_s: NOW,
+            dry_run: false,
+            requeue,
+        };
+        let s = redrive(&Closed, &q, "arn:sm", opts).await.unwrap();
+        (s, q.0.into_inner().unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_14_days_only_requeue_sends_the_input_again() {
+        // Within the window: a redrive request. Past it: reported, and
+        // nothing else sent.
+        let (s, sent) = run(false).await;
+        assert_eq!(sent, vec![request_body("arn:exec:recent")]);
+        assert_eq!(s.not_redrivable.len(), 1, "{s:?}");
+        assert_eq!(s.not_redrivable[0].execution_arn, "arn:exec:old");
+        assert!(!s.not_redrivable[0].requeued);
+        // --requeue: the old one's own input goes again as a new message.
+        let (s, sent) = run(true).await;
+        assert_eq!(
+            sent,
+            vec![
+                request_body("arn:exec:recent"),
+                r#"{"company_id":"arn:exec:old"}"#.to_string()
+            ]
+        );
+        assert!(s.not_redrivable[0].requeued, "{s:?}");
+        assert!(s.human().contains("input sent again"), "{}", s.human());
+    }
+
     #[test]
     fn the_key_is_the_company_id_as_text() {
         assert_eq!(business_key(r#"{"company_id":"c-1"}"#), Some("c-1".into()));
