@@ -6,7 +6,6 @@
 use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use futures::StreamExt;
 use serde::Serialize;
@@ -20,11 +19,10 @@ use crate::aws::Clients;
 use crate::aws::sqs::SqsQueue;
 use crate::config::Config;
 use crate::control::naming::{Namer, TemplateError};
-use crate::ports::{OutgoingMessage, WorkQueue, send_batches};
+use crate::ports::{SEND_TRIES, send_batches};
 
 /// SendMessageBatch calls in flight at once.
 const BATCHES_IN_FLIGHT: usize = 8;
-const ATTEMPTS: u32 = 3;
 
 /// Why `fanout enqueue` sent nothing, or gave up on a single update.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +61,7 @@ pub enum EnqueueError {
     #[error("the body is refused: {0}")]
     Refused(String),
     /// The single update could not be sent.
-    #[error("SendMessage to {queue_url} failed after {ATTEMPTS} attempts: {reason}")]
+    #[error("SendMessage to {queue_url} failed after {SEND_TRIES} attempts: {reason}")]
     Send {
         /// The queue sent to.
         queue_url: String,
@@ -211,50 +209,15 @@ pub fn check_bodies(namer: &Namer, bodies: Vec<Body>, bad: &mut Vec<LineProblem>
 /// Send one batch (as `send_batches` packs them), retrying failed
 /// entries; returns the failures.
 async fn send_batch_retrying(q: &SqsQueue, batch: &[Body]) -> Vec<LineProblem> {
-    let mut pending: Vec<&Body> = batch.iter().collect();
-    let mut failed = Vec::new();
-    for attempt in 0..ATTEMPTS {
-        if pending.is_empty() {
-            break;
-        }
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-        }
-        let out: Vec<OutgoingMessage> = pending
-            .iter()
-            .map(|b| OutgoingMessage {
-                body: b.text.clone(),
-                ..OutgoingMessage::default()
-            })
-            .collect();
-        let last = attempt + 1 == ATTEMPTS;
-        match q.send_batch(&out).await {
-            Ok(failures) => {
-                let mut retry = Vec::new();
-                for f in failures {
-                    let b = pending[f.index];
-                    if f.error.is_retryable() && !last {
-                        retry.push(b);
-                    } else {
-                        failed.push(LineProblem {
-                            line: b.line,
-                            reason: f.error.to_string(),
-                        });
-                    }
-                }
-                pending = retry;
-            }
-            Err(e) if e.is_retryable() && !last => {}
-            Err(e) => {
-                failed.extend(pending.iter().map(|b| LineProblem {
-                    line: b.line,
-                    reason: e.to_string(),
-                }));
-                pending.clear();
-            }
-        }
-    }
-    failed
+    let bodies: Vec<&str> = batch.iter().map(|b| b.text.as_str()).collect();
+    crate::ports::send_batch_retrying(q, &bodies)
+        .await
+        .into_iter()
+        .map(|(i, reason)| LineProblem {
+            line: batch[i].line,
+            reason,
+        })
+        .collect()
 }
 
 /// Run `fanout enqueue`.

@@ -194,6 +194,53 @@ pub fn send_batches(sizes: impl IntoIterator<Item = usize>) -> Vec<std::ops::Ran
     batches
 }
 
+/// Tries of one SendMessageBatch in `send_batch_retrying`.
+pub const SEND_TRIES: u32 = 3;
+
+/// Send `bodies` as one SendMessageBatch (as `send_batches` packs them),
+/// retrying the entries SQS failed for a retryable reason (and a
+/// retryable error of the whole call) `SEND_TRIES` times, 0.4 s and 0.8 s
+/// apart; returns the index and the reason of each body that never went.
+pub async fn send_batch_retrying<Q: WorkQueue>(q: &Q, bodies: &[&str]) -> Vec<(usize, String)> {
+    let mut pending: Vec<usize> = (0..bodies.len()).collect();
+    let mut failed = Vec::new();
+    for attempt in 0..SEND_TRIES {
+        if pending.is_empty() {
+            break;
+        }
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+        }
+        let out: Vec<OutgoingMessage> = pending
+            .iter()
+            .map(|&i| OutgoingMessage {
+                body: bodies[i].to_string(),
+                ..OutgoingMessage::default()
+            })
+            .collect();
+        let last = attempt + 1 == SEND_TRIES;
+        match q.send_batch(&out).await {
+            Ok(failures) => {
+                let mut retry = Vec::new();
+                for f in failures {
+                    let i = pending[f.index];
+                    if f.error.is_retryable() && !last {
+                        retry.push(i);
+                    } else {
+                        failed.push((i, f.error.to_string()));
+                    }
+                }
+                pending = retry;
+            }
+            Err(e) if e.is_retryable() && !last => {}
+            Err(e) => {
+                failed.extend(pending.drain(..).map(|i| (i, e.to_string())));
+            }
+        }
+    }
+    failed
+}
+
 /// What StartExecution did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartOutcome {

@@ -19,7 +19,7 @@ use crate::control::naming::{Namer, TemplateError};
 use crate::control::pacing::{Backoff, Pacer};
 use crate::control::redrive::{request_body, within_window};
 use crate::ports::{
-    ClosedExecution, ExecutionStatus, Executions, OutgoingMessage, PortError, WorkQueue,
+    ClosedExecution, ExecutionStatus, Executions, PortError, WorkQueue, send_batch_retrying,
     send_batches,
 };
 
@@ -28,8 +28,6 @@ use crate::ports::{
 pub const KEY_FIELD: &str = "company_id";
 /// Tries of one listing page or one describe before giving up.
 const TRIES: usize = 5;
-/// Tries of one SendMessageBatch.
-const SEND_TRIES: u32 = 3;
 
 /// Why `fanout failed` or `fanout redrive` stopped.
 #[derive(Debug, thiserror::Error)]
@@ -367,7 +365,13 @@ pub async fn redrive<E: Executions, Q: WorkQueue>(
         return Ok(summary);
     }
     for batch in send_batches(out.iter().map(|(_, b)| b.len())) {
-        let failed = send_retrying(queue, &out[batch.clone()]).await;
+        let sent = &out[batch.clone()];
+        let bodies: Vec<&str> = sent.iter().map(|(_, b)| b.as_str()).collect();
+        let failed: Vec<(String, String)> = send_batch_retrying(queue, &bodies)
+            .await
+            .into_iter()
+            .map(|(i, why)| (sent[i].0.clone(), why))
+            .collect();
         summary.sent += batch.len() - failed.len();
         summary.failed.extend(failed);
     }
@@ -383,49 +387,6 @@ pub async fn redrive<E: Executions, Q: WorkQueue>(
         n.requeued &= !unsent.contains(&n.execution_arn);
     }
     Ok(summary)
-}
-
-/// Send one batch, retrying failed entries; returns (ARN, why) of those
-/// that never went.
-async fn send_retrying<Q: WorkQueue>(q: &Q, batch: &[(String, String)]) -> Vec<(String, String)> {
-    let mut pending: Vec<&(String, String)> = batch.iter().collect();
-    let mut failed = Vec::new();
-    for attempt in 0..SEND_TRIES {
-        if pending.is_empty() {
-            break;
-        }
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-        }
-        let msgs: Vec<OutgoingMessage> = pending
-            .iter()
-            .map(|(_, body)| OutgoingMessage {
-                body: body.clone(),
-                ..OutgoingMessage::default()
-            })
-            .collect();
-        let last = attempt + 1 == SEND_TRIES;
-        match q.send_batch(&msgs).await {
-            Ok(failures) => {
-                let mut retry = Vec::new();
-                for f in failures {
-                    let p = pending[f.index];
-                    if f.error.is_retryable() && !last {
-                        retry.push(p);
-                    } else {
-                        failed.push((p.0.clone(), f.error.to_string()));
-                    }
-                }
-                pending = retry;
-            }
-            Err(e) if e.is_retryable() && !last => {}
-            Err(e) => {
-                failed.extend(pending.iter().map(|p| (p.0.clone(), e.to_string())));
-                pending.clear();
-            }
-        }
-    }
-    failed
 }
 
 /// Unix seconds now.
@@ -554,7 +515,8 @@ mod tests {
     use std::sync::Mutex;
 
     use crate::ports::{
-        ClosedPage, EntryFailure, ExecutionDetail, ExecutionPage, Message, QueueDepth, StartOutcome,
+        ClosedPage, EntryFailure, ExecutionDetail, ExecutionPage, Message, OutgoingMessage,
+        QueueDepth, StartOutcome,
     };
 
     const DAY: f64 = 86_400.0;

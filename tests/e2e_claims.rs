@@ -77,16 +77,7 @@ impl World {
         let definition = format!(
             r#"{{"StartAt":"Work","States":{{"Work":{{"Type":"Wait","Seconds":{LIFETIME_SECS},"Next":"Done"}},"Done":{{"Type":"Succeed"}}}}}}"#
         );
-        let arn = sfn
-            .create_state_machine()
-            .name("pipeline")
-            .definition(definition)
-            .role_arn("arn:aws:iam::123456789012:role/pipeline")
-            .send()
-            .await
-            .unwrap()
-            .state_machine_arn()
-            .to_string();
+        let arn = support::moto::state_machine(&sfn, &definition).await;
         if coordinated {
             create_table(&ddb).await;
         }

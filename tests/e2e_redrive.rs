@@ -63,16 +63,7 @@ impl Env {
         };
         let bulk = queue("bulk").await;
         let dlq = queue("bulk-dlq").await;
-        let arn = sfn
-            .create_state_machine()
-            .name("pipeline")
-            .definition(FAILING)
-            .role_arn("arn:aws:iam::123456789012:role/pipeline")
-            .send()
-            .await
-            .unwrap()
-            .state_machine_arn()
-            .to_string();
+        let arn = moto::state_machine(&sfn, FAILING).await;
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("fanout.toml");
         std::fs::write(

@@ -68,16 +68,11 @@ async fn env() -> Env {
         let req = sqs.send_message().queue_url(&urls[2]).message_body(body);
         req.send().await.unwrap();
     }
-    let arn = aws_sdk_sfn::Client::new(&conf)
-        .create_state_machine()
-        .name("pipeline")
-        .definition(r#"{"StartAt":"Done","States":{"Done":{"Type":"Succeed"}}}"#)
-        .role_arn("arn:aws:iam::123456789012:role/pipeline")
-        .send()
-        .await
-        .unwrap()
-        .state_machine_arn()
-        .to_string();
+    let arn = support::moto::state_machine(
+        &aws_sdk_sfn::Client::new(&conf),
+        r#"{"StartAt":"Done","States":{"Done":{"Type":"Succeed"}}}"#,
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("fanout.toml");
     let text = format!(

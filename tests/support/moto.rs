@@ -72,6 +72,20 @@ pub(crate) async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
         .await
 }
 
+/// A state machine named `pipeline` with `definition` on the emulator;
+/// its ARN.
+pub(crate) async fn state_machine(sfn: &aws_sdk_sfn::Client, definition: &str) -> String {
+    sfn.create_state_machine()
+        .name("pipeline")
+        .definition(definition)
+        .role_arn("arn:aws:iam::123456789012:role/pipeline")
+        .send()
+        .await
+        .unwrap()
+        .state_machine_arn()
+        .to_string()
+}
+
 /// A moto server of our own, killed on drop.
 pub(crate) struct Moto {
     child: Child,
