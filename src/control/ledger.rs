@@ -5,6 +5,8 @@
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use crate::control::lifetimes::Histogram;
+
 /// Seconds since the controller started.
 pub type Secs = f64;
 
@@ -53,6 +55,9 @@ pub struct Ledger {
     /// pass's latest starts when it finds more than it holds, the short
     /// lifetimes; these moments keep all of them.
     moments: VecDeque<Moments>,
+    /// The same lifetimes' likeliest values, bucketed, for the backlog
+    /// ETA's tail.
+    histogram: Histogram,
 }
 
 /// Count, sum, and sums of the logarithm and its square of lifetimes: a
@@ -157,8 +162,9 @@ impl Ledger {
         if let Some(m) = self.moments.back_mut() {
             m.add(lifetime);
         }
-        self.ended_at
-            .push_back((lifetime - uncertain.clamp(0.0, lifetime) / 2.0).max(0.0));
+        let likeliest = (lifetime - uncertain.clamp(0.0, lifetime) / 2.0).max(0.0);
+        self.ended_at.push_back(likeliest);
+        self.histogram.add(likeliest);
     }
 
     /// Fit the survival of lifetimes from the lifetimes kept. A pass finds
@@ -367,6 +373,11 @@ impl Ledger {
         self.moments
             .iter()
             .fold(Moments::default(), |a, m| a.plus(*m))
+    }
+
+    /// The histogram of recent lifetimes (their likeliest values).
+    pub fn lifetime_histogram(&self) -> &Histogram {
+        &self.histogram
     }
 
     /// Mean of recently observed lifetimes.

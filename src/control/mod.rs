@@ -9,6 +9,7 @@ pub mod claims;
 pub mod estimator;
 pub mod eta;
 pub mod ledger;
+pub mod lifetimes;
 pub mod linger;
 pub mod naming;
 pub mod pacing;

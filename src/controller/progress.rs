@@ -80,12 +80,17 @@ where
     fn progress(&self, backlogs: &[u64], measured: f64) -> Option<Progress> {
         let snap = *self.snapshot.borrow();
         let min_completions = self.cfg().estimator.min_completions;
-        let lifetimes = {
+        // The running count less the completions expected since the last
+        // reconcile: the ledger's own count still holds those, and over a
+        // pass it saw-tooths ~7 % above the truth (exchange-227k).
+        let (lifetimes, histogram, running) = {
             let st = self.state();
+            let running = st.ledger.in_flight_at(self.now(), min_completions);
             if st.ledger.lifetimes_known(min_completions) {
-                st.ledger.lifetime_moments()
+                let l = &st.ledger;
+                (l.lifetime_moments(), l.lifetime_histogram().tail(), running)
             } else {
-                Moments::default()
+                (Moments::default(), None, running)
             }
         };
         let e = eta::estimate(
@@ -93,8 +98,9 @@ where
             &Inputs {
                 backlogs,
                 target: snap.target,
-                running: snap.running,
+                running,
                 lifetimes,
+                histogram: histogram.as_ref(),
                 measured_rate: measured,
             },
         )?;
