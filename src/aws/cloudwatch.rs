@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use aws_sdk_cloudwatch::Client;
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{
-    Dimension, Metric, MetricDataQuery, MetricDatum, MetricStat, StandardUnit,
+    Dimension, Metric, MetricDataQuery, MetricDataResult, MetricDatum, MetricStat, StandardUnit,
 };
 
 use super::classify;
@@ -79,32 +79,44 @@ impl LambdaConcurrency {
 
     /// Every datapoint from `start` to `end`, over all pages.
     async fn read(&self, start: u64, end: u64) -> Result<Read, PortError> {
-        let queries = self.queries();
         let mut read = Read::new(self.functions.len());
-        let mut token: Option<String> = None;
-        loop {
-            let out = self
-                .client
-                .get_metric_data()
-                .start_time(DateTime::from_secs(start.cast_signed()))
-                .end_time(DateTime::from_secs(end.cast_signed()))
-                .set_metric_data_queries(Some(queries.clone()))
-                .set_next_token(token.take())
-                .send()
-                .await
-                .map_err(|e| classify(SERVICE, &e))?;
-            for r in out.metric_data_results() {
-                let Some(series) = Series::of(r.id().unwrap_or_default()) else {
-                    continue;
-                };
-                for (t, v) in r.timestamps().iter().zip(r.values()) {
-                    read.add(series, (t.secs().max(0) as u64) / 60 * 60, *v);
-                }
+        each_result(&self.client, start, end, &self.queries(), |r| {
+            let Some(series) = Series::of(r.id().unwrap_or_default()) else {
+                return;
+            };
+            for (t, v) in r.timestamps().iter().zip(r.values()) {
+                read.add(series, (t.secs().max(0) as u64) / 60 * 60, *v);
             }
-            match out.next_token() {
-                Some(t) => token = Some(t.to_string()),
-                None => return Ok(read),
-            }
+        })
+        .await?;
+        Ok(read)
+    }
+}
+
+/// GetMetricData for `queries` from `start` to `end` (Unix seconds), every
+/// page, each result handed to `on_result`.
+async fn each_result(
+    client: &Client,
+    start: u64,
+    end: u64,
+    queries: &[MetricDataQuery],
+    mut on_result: impl FnMut(&MetricDataResult),
+) -> Result<(), PortError> {
+    let mut token: Option<String> = None;
+    loop {
+        let out = client
+            .get_metric_data()
+            .start_time(DateTime::from_secs(start.cast_signed()))
+            .end_time(DateTime::from_secs(end.cast_signed()))
+            .set_metric_data_queries(Some(queries.to_vec()))
+            .set_next_token(token.take())
+            .send()
+            .await
+            .map_err(|e| classify(SERVICE, &e))?;
+        out.metric_data_results().iter().for_each(&mut on_result);
+        match out.next_token() {
+            Some(t) => token = Some(t.to_string()),
+            None => return Ok(()),
         }
     }
 }
@@ -351,39 +363,24 @@ pub async fn latest_own(
         })
         .collect();
     let mut latest: Vec<Option<(f64, f64)>> = vec![None; names.len()];
-    let mut token: Option<String> = None;
-    loop {
-        let out = client
-            .get_metric_data()
-            .start_time(DateTime::from_secs(
-                now.saturating_sub(lookback_s).cast_signed(),
-            ))
-            .end_time(DateTime::from_secs(((now / 60 + 1) * 60).cast_signed()))
-            .set_metric_data_queries(Some(queries.clone()))
-            .set_next_token(token.take())
-            .send()
-            .await
-            .map_err(|e| classify(SERVICE, &e))?;
-        for r in out.metric_data_results() {
-            let id = r.id().unwrap_or_default();
-            let Some(slot) = id.strip_prefix('s').and_then(|i| i.parse::<usize>().ok()) else {
-                continue;
-            };
-            for (t, v) in r.timestamps().iter().zip(r.values()) {
-                // A datapoint stands for its minute; it was put within it.
-                let at = t.secs() as f64 + 30.0;
-                if let Some(s) = latest.get_mut(slot)
-                    && s.is_none_or(|(t0, _)| at > t0)
-                {
-                    *s = Some((at, *v));
-                }
+    let (start, end) = (now.saturating_sub(lookback_s), (now / 60 + 1) * 60);
+    each_result(client, start, end, &queries, |r| {
+        let id = r.id().unwrap_or_default();
+        let Some(slot) = id.strip_prefix('s').and_then(|i| i.parse::<usize>().ok()) else {
+            return;
+        };
+        for (t, v) in r.timestamps().iter().zip(r.values()) {
+            // A datapoint stands for its minute; it was put within it.
+            let at = t.secs() as f64 + 30.0;
+            if let Some(s) = latest.get_mut(slot)
+                && s.is_none_or(|(t0, _)| at > t0)
+            {
+                *s = Some((at, *v));
             }
         }
-        match out.next_token() {
-            Some(t) => token = Some(t.to_string()),
-            None => return Ok(latest),
-        }
-    }
+    })
+    .await?;
+    Ok(latest)
 }
 
 // The tests compare values copied, not computed.
