@@ -287,6 +287,23 @@ mod tests {
         assert_eq!(e.finish_in_s, [100.0 + 300.0, 600.0 + 300.0]);
     }
 
+    /// Little's law on the reconciles' counts ran 3 % fast on
+    /// exchange-227k; completions measured faster than it win, slower
+    /// ones (a ramp still under way) do not.
+    #[test]
+    fn completions_measured_faster_than_little_s_law_win() {
+        let mut i = inputs(&[1_200]);
+        i.measured_rate = 2.4;
+        let e = estimate(Params::default(), &i).unwrap();
+        assert_eq!((e.rate_per_s, e.source), (2.4, RateSource::Measured));
+        assert_eq!(e.finish_in_s, [500.0 + 300.0]);
+        i.measured_rate = 1.2;
+        let e = estimate(Params::default(), &i).unwrap();
+        assert_eq!((e.rate_per_s, e.source), (2.0, RateSource::Lifetime));
+        i.measured_rate = f64::NAN;
+        assert_eq!(estimate(Params::default(), &i).unwrap().rate_per_s, 2.0);
+    }
+
     #[test]
     fn more_running_than_the_target_counts_them_all() {
         let mut i = inputs(&[1_200]);
