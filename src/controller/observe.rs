@@ -76,8 +76,6 @@ where
         let lifetime = known.then(|| st.ledger.lifetime_quantile(0.9)).flatten();
         let horizon = known.then(|| st.ledger.lifetime_quantile(0.99)).flatten();
         st.estimator.set_horizon(horizon, now_s);
-        let mean = known.then(|| st.ledger.mean_lifetime()).flatten();
-        st.estimator.set_mean_lifetime(mean);
         for s in samples {
             // A minute still open or not yet settled is read again later.
             if !st.estimator.settled(s.minute_start_s, now_s) {

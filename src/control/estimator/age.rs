@@ -344,7 +344,6 @@ impl Estimator {
     /// (since the first start kept, at backend time `now_s`): a second
     /// cohort must not wait for the first one's lifetimes to be known.
     pub fn set_horizon(&mut self, lifetime_s: Option<f64>, now_s: f64) {
-        self.read_at = now_s;
         let known = lifetime_s.filter(|h| h.is_finite() && *h > 0.0);
         self.horizon_open = known.is_none();
         self.horizon = known.or_else(|| self.starts.first().map(|f| (now_s - f).max(60.0)));
@@ -384,48 +383,7 @@ impl Estimator {
             let profile = Profile::fit(buckets, self.horizon_open, &rows);
             self.function_entry(&name).profile = profile;
         }
-        let rows: Vec<_> = self
-            .seen
-            .iter()
-            .filter(|&(&m, s)| (m + 60) as f64 > first && !s.throttled)
-            .map(|(&m, s)| (self.starts.minute(m as f64, &buckets), s.bound))
-            .collect();
-        self.pipeline = Profile::fit(buckets, self.horizon_open, &rows);
         self.allowance = None;
-    }
-
-    /// The mean lifetime of completed executions, once known.
-    pub fn set_mean_lifetime(&mut self, mean_s: Option<f64>) {
-        self.mean_lifetime = mean_s.filter(|m| m.is_finite() && *m > 0.0);
-    }
-
-    /// The Lambdas per running execution of a steady pipeline, from the
-    /// pipeline's width by age: an execution holds ∫w(a)da Lambda-seconds
-    /// over its life, so starts at rate λ hold λ·∫w Lambdas with λ·L
-    /// running (Little's law, L the mean lifetime). Known once lifetimes
-    /// are (the horizon is closed) and the minutes fitted reach two
-    /// horizons past the first start, so every age was seen in several
-    /// minutes (a wide last phase seen once fits narrow). Executions
-    /// started by others (a previous life, another replica) load the fit
-    /// without being counted as starts: they widen it, the safe side.
-    pub(super) fn steady_width(&self) -> Option<f64> {
-        if self.horizon_open {
-            return None;
-        }
-        let p = self.pipeline.as_ref()?;
-        let life = self.mean_lifetime?;
-        let first = self.starts.first()?;
-        let newest = *self.seen.keys().next_back()? as f64 + 60.0;
-        if newest - first < 2.0 * p.horizon() {
-            return None;
-        }
-        let held: f64 = (0..BUCKETS)
-            .map(|b| {
-                let (lo, hi) = p.buckets.range(b);
-                p.w[b] * (hi - lo)
-            })
-            .sum();
-        Some(held / life)
     }
 
     /// Executions that may start now (backend time `now_s`) with every

@@ -75,10 +75,6 @@ pub enum SampleUse {
     Learned(f64),
     /// Unstable (or throttled) minute below the estimate: kept for safety.
     Held(f64),
-    /// Before any stable minute: the estimate was lowered, once, to the
-    /// steady width the pipeline's width by age predicts
-    /// (`Estimator::steady_width`).
-    Profiled(f64),
     /// A minute read again with nothing higher than what was used.
     Unchanged,
 }
@@ -215,19 +211,6 @@ pub struct Estimator {
     horizon_open: bool,
     /// The last allowance computed: its second, the starts then, its value.
     allowance: Option<(u64, u64, Option<f64>)>,
-    /// The whole pipeline's width by age (the minutes' tightest bounds).
-    pipeline: Option<Profile>,
-    /// The mean lifetime of the executions completed, once known.
-    mean_lifetime: Option<f64>,
-    /// A stable minute has set k̂: the width by age no longer lowers it.
-    stable_seen: bool,
-    /// k̂ was set by the width by age (`SampleUse::Profiled`).
-    profiled: bool,
-    /// Backend time of the current read (`set_horizon`).
-    read_at: f64,
-    /// When the width by age last moved k̂: the running count moves
-    /// after it, so a stable window starts after it.
-    calm_from: f64,
 }
 
 /// What the state machine definition's bound did to the estimate.
@@ -280,12 +263,6 @@ impl Estimator {
             horizon: None,
             horizon_open: true,
             allowance: None,
-            pipeline: None,
-            mean_lifetime: None,
-            stable_seen: false,
-            profiled: false,
-            read_at: 0.0,
-            calm_from: 0.0,
         }
     }
 
@@ -360,9 +337,6 @@ impl Estimator {
             return false;
         }
         self.prior = Some(remembered);
-        // Learned from stable minutes of this definition: better than a
-        // fit to the ramp's minutes.
-        self.stable_seen = true;
         true
     }
 
@@ -516,7 +490,7 @@ impl Estimator {
         let start = minute as f64 - window_s;
         // The first recorded minute is partial: the window must start after it.
         match self.minutes.first_key_value() {
-            Some((&first, _)) if start >= (first + 60) as f64 && start >= self.calm_from => {}
+            Some((&first, _)) if start >= (first + 60) as f64 => {}
             _ => return false,
         }
         let from = start as u64 / 60 * 60;
@@ -644,28 +618,8 @@ impl Estimator {
             // or a drain mixes ages unlike a steady pipeline.
             SampleUse::Raised(k) if stable => self.learned_since = Some(k),
             SampleUse::Learned(k) => self.learned_since = Some(k),
-            // No stable minute yet (a cold start): the width by age fitted
-            // to the ramp's minutes predicts the steady width before a
-            // stable minute can show it. Once: later refits wander (a
-            // varied workload's by ±8 %), and each move would restart the
-            // wait for a stable window. Only down, and at least by
-            // `PROFILE_STEP`: ages nearly uniform fit wide, and a raise
-            // would starve the pipeline with no stable minute to correct it.
-            SampleUse::Held(_) if !self.stable_seen && !self.profiled => {
-                if let Some(w) = self.steady_width().map(|w| (w * margin).max(floor))
-                    && w < self.k.value() * (1.0 - PROFILE_STEP)
-                {
-                    self.k = Width::new(w);
-                    self.profiled = true;
-                    // The running count grows now: a stable window starts
-                    // after (a growing minute's ratio reads narrow).
-                    self.calm_from = self.read_at;
-                    r.width = SampleUse::Profiled(w);
-                }
-            }
             _ => {}
         }
-        self.stable_seen |= stable;
         if measured > self.k_max && measured > self.reported_over * 1.1 {
             self.reported_over = measured;
             r.over_max = Some(measured);
@@ -678,9 +632,6 @@ impl Estimator {
         }
     }
 }
-
-/// The least the width by age lowers k̂ by: less is within its noise.
-const PROFILE_STEP: f64 = 0.03;
 
 /// A function whose minute maximum stayed under this fraction of its limit
 /// had room: its width may ease down.
