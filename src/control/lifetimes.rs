@@ -8,10 +8,9 @@
 //! lifetimes in buckets 2 % wide and is read as it is once it holds
 //! 8,192. With fewer, `tail` is `None` and the ETA keeps its lognormal: a
 //! thousand samples put a tail past its longest one, where an outlier or
-//! two decide (a generalized
-//! Pareto fitted to the slowest tenth was tried: its shape, from a hundred
-//! samples, swung the answer from 0.4 to 6.9 times the truth, and a slow
-//! mode of 3 % made it infinite).
+//! two decide (a generalized Pareto fitted to the slowest tenth was tried:
+//! its shape, from a hundred samples, swung the answer from 0.4 to 6.9
+//! times the truth, and a slow mode of 3 % made it infinite).
 
 use std::collections::BTreeMap;
 
@@ -71,20 +70,16 @@ impl Histogram {
         h
     }
 
-    /// The buckets of both generations, merged, shortest first.
-    fn buckets(&self) -> Vec<(i32, Bucket)> {
+    /// The lifetimes kept, both generations merged, shortest first:
+    /// `None` with fewer than `MIN_LIFETIMES`.
+    pub fn tail(&self) -> Option<Tail> {
         let mut all = self.current.clone();
         for (k, b) in &self.previous {
             let e = all.entry(*k).or_default();
             e.n += b.n;
             e.sum += b.sum;
         }
-        all.into_iter().collect()
-    }
-
-    /// The lifetimes kept: `None` with fewer than `MIN_LIFETIMES`.
-    pub fn tail(&self) -> Option<Tail> {
-        let buckets: Vec<Bucket> = self.buckets().into_iter().map(|(_, b)| b).collect();
+        let buckets: Vec<Bucket> = all.into_values().collect();
         let n: u64 = buckets.iter().map(|b| b.n).sum();
         (n >= MIN_LIFETIMES).then_some(Tail { buckets, n })
     }
@@ -116,24 +111,21 @@ impl Tail {
     /// E[(L − x)⁺], the mean time an execution runs past `x` (within a
     /// bucket, its lifetimes are taken at the bucket's mean).
     pub fn excess(&self, x: Secs) -> Secs {
-        let past: f64 = self
-            .buckets
-            .iter()
-            .rev()
-            .take_while(|b| b.sum / b.n as f64 > x)
-            .map(|b| b.sum - x * b.n as f64)
-            .sum();
-        past / self.n as f64
+        let run_past: f64 = self.beyond(x).map(|b| b.sum - x * b.n as f64).sum();
+        run_past / self.n as f64
     }
 
     /// How many of the lifetimes lie past `x` (whole buckets).
     pub fn past(&self, x: Secs) -> u64 {
+        self.beyond(x).map(|b| b.n).sum()
+    }
+
+    /// The buckets whose mean lies past `x`, longest first.
+    fn beyond(&self, x: Secs) -> impl Iterator<Item = &Bucket> {
         self.buckets
             .iter()
             .rev()
-            .take_while(|b| b.sum / b.n as f64 > x)
-            .map(|b| b.n)
-            .sum()
+            .take_while(move |b| b.sum / b.n as f64 > x)
     }
 }
 
@@ -156,7 +148,7 @@ mod tests {
     }
 
     #[test]
-    fn below_the_slowest_tenth_the_excess_is_the_samples_own() {
+    fn the_excess_is_the_samples_own() {
         let v = lognormal(10_000, 60.0, 0.4, 1);
         let t = Histogram::of(&v).tail().unwrap();
         assert_eq!(t.count(), 10_000);
