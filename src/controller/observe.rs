@@ -142,6 +142,7 @@ where
         debug!(
             minute = s.minute_start_s,
             max = s.pipeline_max,
+            running = ?r.running,
             used = ?r.width,
             reread = r.reread,
             functions = ?s.functions.iter().map(|f| (f.name.as_str(), f.max, f.throttles)).collect::<Vec<_>>(),

@@ -193,7 +193,9 @@ impl Fanout {
         let err = file.try_clone().unwrap();
         let child = child_env(&mut Command::new(BIN))
             .args(["run", "--config", config.to_str().unwrap()])
-            .env("RUST_LOG", "info")
+            // The samples the estimator was fed: what a failed learning
+            // test needs to be diagnosed from its log alone.
+            .env("RUST_LOG", "info,fanout::controller::observe=debug")
             .stdout(file)
             .stderr(err)
             .spawn()
