@@ -3,60 +3,30 @@
 //! `moto_server` on a free port from `<repo>/.venv` (installed by
 //! `scripts/test.sh`) and kills it when done.
 
+#[allow(dead_code)] // the other end-to-end tests use the rest
+mod support {
+    pub(crate) mod moto;
+}
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aws_sdk_sfn::types::ExecutionStatus;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use support::moto::{BIN, Fanout, Moto, child_env, free_port, http, metric, sdk_config};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fanout");
 const CEILING: usize = 20;
+/// How often a test re-checks what it waits for.
+const POLL: Duration = Duration::from_millis(100);
 
 /// One test at a time: each runs moto and fanout processes with second-
 /// scale timing (2-s executions, 1-s reconciles), and two at once on a
 /// 2-core CI machine slowed moto's executions past what the controller had
 /// measured of them (a drain counted 21 running against 20).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on 127.0.0.1")
-}
-
-/// A plain HTTP/1.1 request on loopback; returns (status, body).
-fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map_or("", |x| x.1);
-    Ok((status, body.to_string()))
-}
-
-fn child_env(cmd: &mut Command) -> &mut Command {
-    cmd.env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_SESSION_TOKEN")
-}
 
 /// Run the fanout binary with `args` and the emulator's credentials.
 fn run_fanout(args: &[&str]) -> std::process::Output {
@@ -66,74 +36,13 @@ fn run_fanout(args: &[&str]) -> std::process::Output {
         .expect("cannot run fanout")
 }
 
-/// A moto server of our own, killed on drop.
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
-        assert!(
-            bin.exists(),
-            "{} is missing: run scripts/test.sh, which installs moto[server]==5.2.5 into .venv",
-            bin.display()
-        );
-        let port = free_port();
-        let child = child_env(&mut Command::new(&bin))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot start moto_server");
-        let moto = Moto {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not listen in 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // Without this, moto's Step Functions never run a state (executions
-        // stay RUNNING); with it, Wait states really wait.
-        let (status, body) = http(
-            port,
-            "POST",
-            "/moto-api/config",
-            r#"{"stepfunctions":{"execute_state_machine":true}}"#,
-        )
-        .expect("moto config request");
-        assert!((200..300).contains(&status), "moto config: {status} {body}");
-        moto
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 struct Aws {
     sqs: aws_sdk_sqs::Client,
     sfn: aws_sdk_sfn::Client,
 }
 
 async fn clients(endpoint: &str) -> Aws {
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::v2026_01_12())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "e2e",
-        ))
-        .load()
-        .await;
+    let conf = sdk_config(endpoint).await;
     Aws {
         sqs: aws_sdk_sqs::Client::new(&conf),
         sfn: aws_sdk_sfn::Client::new(&conf),
@@ -185,17 +94,7 @@ impl Env {
         let priority = create_queue(&aws, "priority", Some(&priority_dlq)).await;
         let bulk = create_queue(&aws, "bulk", Some(&bulk_dlq)).await;
         let definition = r#"{"StartAt":"Work","States":{"Work":{"Type":"Wait","Seconds":2,"Next":"Done"},"Done":{"Type":"Succeed"}}}"#;
-        let arn = aws
-            .sfn
-            .create_state_machine()
-            .name("pipeline")
-            .definition(definition)
-            .role_arn("arn:aws:iam::123456789012:role/pipeline")
-            .send()
-            .await
-            .unwrap()
-            .state_machine_arn()
-            .to_string();
+        let arn = support::moto::state_machine(&aws.sfn, definition).await;
         let dir = tempfile::tempdir().unwrap();
         let http_port = free_port();
         let config = dir.path().join("fanout.toml");
@@ -276,18 +175,13 @@ state_machine_arn = "{arn}"
     }
 
     /// Start `fanout run`, logs to `run-<tag>.log`.
-    fn start(&self, tag: &str) -> Controller {
+    fn start(&self, tag: &str) -> Fanout {
         let log = self.dir.path().join(format!("run-{tag}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let err = file.try_clone().unwrap();
-        let child = child_env(&mut Command::new(BIN))
-            .args(["run", "--config", self.config.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .stdout(file)
-            .stderr(err)
-            .spawn()
-            .expect("cannot start fanout run");
-        Controller { child, log }
+        Fanout::spawn(
+            &["run", "--config", self.config.to_str().unwrap()],
+            &[("RUST_LOG", "info")],
+            log,
+        )
     }
 
     /// Every execution of the state machine: name → (status, start time).
@@ -433,74 +327,6 @@ state_machine_arn = "{arn}"
     }
 }
 
-struct Controller {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Controller {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} failed");
-    }
-
-    /// Wait for the exit; returns its code and how long it took.
-    async fn wait_exit(&mut self, limit: Duration) -> (Option<i32>, Duration) {
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return (st.code(), t0.elapsed());
-            }
-            assert!(
-                t0.elapsed() < limit,
-                "fanout did not exit within {limit:?}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn assert_running(&mut self) {
-        if let Some(st) = self.child.try_wait().unwrap() {
-            panic!("fanout run exited early ({st}):\n{}", self.log());
-        }
-    }
-
-    /// Poll `done` every 100 ms while the process keeps running; fail after
-    /// `limit` with `what` and the log.
-    async fn wait_for(
-        &mut self,
-        limit: Duration,
-        what: impl Fn() -> String,
-        mut done: impl AsyncFnMut() -> bool,
-    ) {
-        let deadline = Instant::now() + limit;
-        loop {
-            self.assert_running();
-            if done().await {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{}:\n{}", what(), self.log());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The company id of an execution named `co-{company_id}-{hash}`.
 fn company(name: &str) -> String {
     let rest = name
@@ -559,16 +385,22 @@ async fn drains_bulk_and_priority_at_the_ceiling() {
     let mut ctl = env.start("a");
 
     // /healthz turns 200 once the first reconcile is done.
-    ctl.wait_for(
+    ctl.wait_for_async(
         Duration::from_secs(30),
+        POLL,
         || "/healthz never 200".into(),
-        async || matches!(http(env.http_port, "GET", "/healthz", ""), Ok((200, _))),
+        async || {
+            matches!(
+                http(env.http_port, "GET", "/healthz", "text/plain", "", ""),
+                Ok((200, _))
+            )
+        },
     )
     .await;
 
     let peak = env.wait_drained(305, Duration::from_secs(150)).await;
     let elapsed = t0.elapsed();
-    let (_, metrics) = http(env.http_port, "GET", "/metrics", "").unwrap();
+    let (_, metrics) = http(env.http_port, "GET", "/metrics", "text/plain", "", "").unwrap();
     assert!(metrics.contains("fanout_ceiling 20"), "{metrics}");
     // What the run did, not only that the series exist: every message
     // started and deleted. At least once: on a loaded machine a message
@@ -598,7 +430,7 @@ async fn drains_bulk_and_priority_at_the_ceiling() {
         "{table}"
     );
     ctl.signal("-TERM");
-    let (code, _) = ctl.wait_exit(Duration::from_secs(15)).await;
+    let code = ctl.wait_exit(Duration::from_secs(15)).await;
     assert_eq!(code, Some(0), "{}", ctl.log());
 
     assert!(
@@ -641,8 +473,9 @@ async fn kill_9_and_restart_keeps_one_execution_per_message() {
     env.enqueue_bulk(120);
     let mut first = env.start("first");
     first
-        .wait_for(
+        .wait_for_async(
             Duration::from_secs(60),
+            POLL,
             || "no progress".into(),
             async || env.executions().await.len() >= 30,
         )
@@ -670,8 +503,9 @@ async fn bad_input_goes_to_the_dlq_with_its_reason() {
     }
     let mut ctl = env.start("bad");
     env.wait_drained(20, Duration::from_secs(90)).await;
-    ctl.wait_for(
+    ctl.wait_for_async(
         Duration::from_secs(20),
+        POLL,
         || "DLQ never got 3 messages".into(),
         async || env.depth(&env.bulk_dlq).await.0 >= 3,
     )
@@ -730,8 +564,9 @@ async fn a_taken_name_with_other_input_goes_to_the_dlq_and_a_copy_is_done() {
     env.send_raw(&env.bulk, r#"{"company_id":"acme/eu"}"#).await;
     env.send_raw(&env.bulk, r#"{"company_id":"acme.eu"}"#).await;
     let mut ctl = env.start("collide");
-    ctl.wait_for(
+    ctl.wait_for_async(
         Duration::from_secs(30),
+        POLL,
         || "dup never finished".into(),
         async || {
             env.executions()
@@ -745,14 +580,16 @@ async fn a_taken_name_with_other_input_goes_to_the_dlq_and_a_copy_is_done() {
         .send_raw(&env.bulk, r#"{"company_id":"dup","v":2}"#)
         .await;
     let copy = env.send_raw(&env.bulk, first).await;
-    ctl.wait_for(
+    ctl.wait_for_async(
         Duration::from_secs(30),
+        POLL,
         || "the DLQ never got the second body".into(),
         async || env.depth(&env.bulk_dlq).await.0 >= 1,
     )
     .await;
-    ctl.wait_for(
+    ctl.wait_for_async(
         Duration::from_secs(30),
+        POLL,
         || "the bulk queue never drained".into(),
         async || env.depth(&env.bulk).await == (0, 0),
     )
@@ -794,15 +631,16 @@ async fn sigterm_exits_zero_in_time_and_hands_back_messages() {
     let env = Env::new(60).await;
     env.enqueue_bulk(200);
     let mut ctl = env.start("term");
-    ctl.wait_for(
+    ctl.wait_for_async(
         Duration::from_secs(60),
+        POLL,
         || "no progress".into(),
         async || env.executions().await.len() >= 25,
     )
     .await;
     ctl.signal("-TERM");
     // shutdown_deadline_secs = 10, plus process exit.
-    let (code, took) = ctl.wait_exit(Duration::from_secs(15)).await;
+    let (code, took) = ctl.wait_exit_timed(Duration::from_secs(15)).await;
     assert_eq!(code, Some(0), "{}", ctl.log());
     assert!(took < Duration::from_secs(11), "took {took:?}");
 
@@ -1029,21 +867,15 @@ fn enqueue_dry_run_names_bad_lines() {
     );
 }
 
-/// One sample of `/metrics`: the value of the line starting with `series `.
-fn metric(port: u16, series: &str) -> Option<f64> {
-    let (_, text) = http(port, "GET", "/metrics", "").ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 /// Config hot reload on the real binary: a changed file is applied, an
 /// invalid one and one that needs a restart are refused (logged with the
 /// field, the old config kept), SIGHUP applies a change the poll was told
 /// to ignore; all in one process that keeps serving and draining.
 // Wait (at most `secs`) until /metrics shows `series` at `value`.
-async fn until(ctl: &mut Controller, port: u16, series: &str, value: f64, secs: u64) {
-    ctl.wait_for(
+async fn until(ctl: &mut Fanout, port: u16, series: &str, value: f64, secs: u64) {
+    ctl.wait_for_async(
         Duration::from_secs(secs),
+        POLL,
         || format!("{series} never {value} (now {:?})", metric(port, series)),
         async || metric(port, series) == Some(value),
     )
@@ -1136,7 +968,7 @@ async fn config_reloads_on_file_change_and_sighup_without_a_restart() {
     env.wait_drained(30, Duration::from_secs(30)).await;
     assert_one_each(&env.executions().await, &bulk_ids(30));
     ctl.signal("-TERM");
-    let (code, _) = ctl.wait_exit(Duration::from_secs(15)).await;
+    let code = ctl.wait_exit(Duration::from_secs(15)).await;
     assert_eq!(code, Some(0), "{}", ctl.log());
     eprintln!("reload e2e took {:?}", t0.elapsed());
     for l in ctl.log().lines().filter(|l| l.contains("config reload")) {
@@ -1152,26 +984,23 @@ async fn sighup_with_the_config_in_the_environment_changes_nothing() {
     let env = Env::new(30).await;
     let text = std::fs::read_to_string(&env.config).unwrap();
     let log = env.dir.path().join("run-env.log");
-    let file = std::fs::File::create(&log).unwrap();
-    let child = child_env(&mut Command::new(BIN))
-        .args(["run", "--config", "/nonexistent/fanout.toml"])
-        .env("FANOUT_CONFIG_TOML", &text)
-        .env("RUST_LOG", "info")
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .expect("cannot start fanout run");
-    let mut ctl = Controller { child, log };
-    ctl.wait_for(
+    let mut ctl = Fanout::spawn(
+        &["run", "--config", "/nonexistent/fanout.toml"],
+        &[("FANOUT_CONFIG_TOML", &text), ("RUST_LOG", "info")],
+        log,
+    );
+    ctl.wait_for_async(
         Duration::from_secs(20),
+        POLL,
         || "never ready".into(),
         async || metric(env.http_port, "fanout_ready") == Some(1.0),
     )
     .await;
     ctl.signal("-HUP");
     let log_path = ctl.log.clone();
-    ctl.wait_for(
+    ctl.wait_for_async(
         Duration::from_secs(5),
+        POLL,
         || "no SIGHUP line".into(),
         async || {
             std::fs::read_to_string(&log_path)
@@ -1184,7 +1013,7 @@ async fn sighup_with_the_config_in_the_environment_changes_nothing() {
     assert_eq!(metric(env.http_port, applied), Some(0.0));
     assert_eq!(metric(env.http_port, "fanout_ceiling"), Some(20.0));
     ctl.signal("-TERM");
-    let (code, _) = ctl.wait_exit(Duration::from_secs(15)).await;
+    let code = ctl.wait_exit(Duration::from_secs(15)).await;
     assert_eq!(code, Some(0), "{}", ctl.log());
 }
 
@@ -1241,6 +1070,6 @@ async fn completion_events_free_capacity_before_a_reconcile() {
     send(event(&env.arn, &names[0])).await.unwrap();
     until(&mut ctl, port, "fanout_running_executions", 2.0, 20).await;
     ctl.signal("-TERM");
-    let (code, _) = ctl.wait_exit(Duration::from_secs(20)).await;
+    let code = ctl.wait_exit(Duration::from_secs(20)).await;
     assert_eq!(code, Some(0), "{}", ctl.log());
 }

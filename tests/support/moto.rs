@@ -181,21 +181,33 @@ pub(crate) fn metric(port: u16, series: &str) -> Option<f64> {
 /// `fanout run` as a child process, its output in a log file; killed on
 /// drop.
 pub(crate) struct Fanout {
-    child: Child,
-    log: PathBuf,
+    /// Open so a test can SIGKILL and reap it itself.
+    pub(crate) child: Child,
+    /// Open so a check can read the log while `wait_for` holds `self`.
+    pub(crate) log: PathBuf,
 }
 
 impl Fanout {
     /// Start `fanout run --config <config>` with the emulator's
     /// credentials, logging at info to `log`.
     pub(crate) fn run(config: &Path, log: PathBuf) -> Fanout {
+        Fanout::spawn(
+            &["run", "--config", config.to_str().unwrap()],
+            // The samples the estimator was fed: what a failed learning
+            // test needs to be diagnosed from its log alone.
+            &[("RUST_LOG", "info,fanout::controller::observe=debug")],
+            log,
+        )
+    }
+
+    /// Start `fanout <args>` with the emulator's credentials and `envs`
+    /// (its own `RUST_LOG`, a config in the environment), output to `log`.
+    pub(crate) fn spawn(args: &[&str], envs: &[(&str, &str)], log: PathBuf) -> Fanout {
         let file = std::fs::File::create(&log).unwrap();
         let err = file.try_clone().unwrap();
         let child = child_env(&mut Command::new(BIN))
-            .args(["run", "--config", config.to_str().unwrap()])
-            // The samples the estimator was fed: what a failed learning
-            // test needs to be diagnosed from its log alone.
-            .env("RUST_LOG", "info,fanout::controller::observe=debug")
+            .args(args)
+            .envs(envs.iter().copied())
             .stdout(file)
             .stderr(err)
             .spawn()
@@ -220,10 +232,16 @@ impl Fanout {
 
     /// Wait for the exit; returns its code.
     pub(crate) async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        self.wait_exit_timed(limit).await.0
+    }
+
+    /// Wait for the exit; returns its code and how long it took, for a
+    /// test that bounds the shutdown.
+    pub(crate) async fn wait_exit_timed(&mut self, limit: Duration) -> (Option<i32>, Duration) {
         let t0 = Instant::now();
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code();
+                return (st.code(), t0.elapsed());
             }
             assert!(
                 t0.elapsed() < limit,
@@ -249,14 +267,27 @@ impl Fanout {
         what: impl Fn() -> String,
         mut done: impl FnMut() -> bool,
     ) {
+        self.wait_for_async(limit, Duration::from_millis(200), what, async || done())
+            .await;
+    }
+
+    /// `wait_for` polling every `every`, for a check that awaits (an SDK
+    /// call).
+    pub(crate) async fn wait_for_async(
+        &mut self,
+        limit: Duration,
+        every: Duration,
+        what: impl Fn() -> String,
+        mut done: impl AsyncFnMut() -> bool,
+    ) {
         let deadline = Instant::now() + limit;
         loop {
             self.assert_running();
-            if done() {
+            if done().await {
                 return;
             }
             assert!(Instant::now() < deadline, "{}:\n{}", what(), self.log());
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(every).await;
         }
     }
 }
