@@ -384,13 +384,19 @@ pub trait Executions: Send + Sync {
     ) -> impl Future<Output = Result<ExecutionPage, PortError>> + Send;
 
     /// RedriveExecution of the execution `execution_arn`: it resumes from
-    /// the state that failed, under the same ARN.
+    /// the state that failed, under the same ARN. `token` (the request's
+    /// message id, the same on every delivery of it) is the call's client
+    /// token: a request delivered again within 15 minutes is answered as
+    /// the first was, and a run that failed again meanwhile is not run a
+    /// second time.
     /// A backend without closed executions (a bench's or an example's)
     /// refuses every redrive.
     fn redrive(
         &self,
         execution_arn: &str,
+        token: &str,
     ) -> impl Future<Output = Result<RedriveOutcome, PortError>> + Send {
+        let _ = token;
         let why = format!("ExecutionDoesNotExist: {execution_arn}");
         async move { Ok(RedriveOutcome::NotRedrivable(why)) }
     }

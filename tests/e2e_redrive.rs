@@ -221,7 +221,7 @@ async fn redrive_requests_reach_the_controller_which_calls_redrive_execution() {
     };
     let clients = Clients::from_sdk_config(&sdk, &aws);
     let sfn = SfnExecutions::new(clients.sfn.clone(), &env.arn);
-    let answer = sfn.redrive(&a).await;
+    let answer = sfn.redrive(&a, "e2e-redrive-request").await;
     assert!(
         !matches!(answer, Ok(RedriveOutcome::Redriven)),
         "moto redrove {a}: update the README's moto gap and this test"

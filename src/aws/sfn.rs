@@ -188,11 +188,16 @@ impl Executions for SfnExecutions {
         }
     }
 
-    async fn redrive(&self, execution_arn: &str) -> Result<RedriveOutcome, PortError> {
+    async fn redrive(&self, execution_arn: &str, token: &str) -> Result<RedriveOutcome, PortError> {
+        // The API takes 1-64 printable ASCII characters (an SQS message id
+        // is a UUID); anything else goes without one, as before.
+        let valid =
+            (1..=64).contains(&token.len()) && token.bytes().all(|b| (b'!'..=b'~').contains(&b));
         match self
             .client
             .redrive_execution()
             .execution_arn(execution_arn)
+            .set_client_token(valid.then(|| token.to_string()))
             .send()
             .await
         {

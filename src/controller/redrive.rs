@@ -27,7 +27,7 @@ where
     /// One RedriveExecution of `arn` for the request `m`: its fate, or
     /// the retryable error (counted) to retry after.
     pub(super) async fn redrive_attempt(&self, arn: &str, m: &Message) -> Attempt {
-        let result = self.b.executions.redrive(arn).await;
+        let result = self.b.executions.redrive(arn, &m.id).await;
         self.heartbeat_if_answered(result.as_ref().err());
         match result {
             Ok(RedriveOutcome::Redriven) => {

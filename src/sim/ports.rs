@@ -217,9 +217,11 @@ impl Executions for SimExecutions {
         Ok(ExecutionPage { names, next_token })
     }
 
-    async fn redrive(&self, execution_arn: &str) -> Result<RedriveOutcome, PortError> {
+    async fn redrive(&self, execution_arn: &str, token: &str) -> Result<RedriveOutcome, PortError> {
         tokio::time::sleep(self.latency).await;
-        self.shared.at_now().redrive_execution(execution_arn)
+        self.shared
+            .at_now()
+            .redrive_execution(execution_arn, Some(token))
     }
 
     async fn describe(&self, execution_arn: &str) -> Result<ExecutionDetail, PortError> {

@@ -26,8 +26,12 @@ fn status(s: ExecStatus) -> ExecutionStatus {
 }
 
 impl World {
-    /// RedriveExecution of `arn`.
-    pub fn redrive_execution(&mut self, arn: &str) -> Result<RedriveOutcome, PortError> {
+    /// RedriveExecution of `arn` with the client token `token`.
+    pub fn redrive_execution(
+        &mut self,
+        arn: &str,
+        token: Option<&str>,
+    ) -> Result<RedriveOutcome, PortError> {
         self.count("sfn.RedriveExecution");
         self.fault("sfn", "redrive_execution")?;
         if !arn.starts_with(&execution_arn("")) {
@@ -35,7 +39,7 @@ impl World {
                 "ExecutionDoesNotExist: Execution Does Not Exist: '{arn}'"
             )));
         }
-        match self.sfn.redrive(execution_name(arn), self.now)? {
+        match self.sfn.redrive(execution_name(arn), token, self.now)? {
             Redrive::New { x, stage } => {
                 self.stats.executions_redriven += 1;
                 self.schedule(
@@ -49,6 +53,8 @@ impl World {
                 Ok(RedriveOutcome::Redriven)
             }
             Redrive::Refused(why) => Ok(RedriveOutcome::NotRedrivable(why)),
+            // The execution is not run again.
+            Redrive::Repeat => Ok(RedriveOutcome::Redriven),
         }
     }
 

@@ -118,7 +118,16 @@ pub(super) enum Redrive {
     New { x: u32, stage: u16 },
     /// Refused: the service's code and message.
     Refused(String),
+    /// A client token this execution's redrive took within
+    /// `REDRIVE_TOKEN_SECS`: answered as the first, with no new run.
+    Repeat,
 }
+
+/// RedriveExecution answers the last `REDRIVE_TOKENS` client tokens that
+/// redrove an execution as the first call, for this long after their
+/// first use (the API reference, RedriveExecution `clientToken`).
+pub(super) const REDRIVE_TOKENS: usize = 10;
+pub(super) const REDRIVE_TOKEN_SECS: f64 = 900.0;
 
 /// A closed execution as ListExecutions shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -146,6 +155,9 @@ pub(super) struct Sfn {
     start_bucket: TokenBucket,
     /// RedriveExecution's bucket: StartExecution's size and rate.
     redrive_bucket: TokenBucket,
+    /// Per execution name: the client tokens of its latest redrives and
+    /// when each was first used.
+    redrive_tokens: HashMap<String, VecDeque<(String, f64)>>,
     list_bucket: TokenBucket,
     transition_bucket: TokenBucket,
     list_lag: f64,
@@ -165,6 +177,7 @@ impl Sfn {
             next_token: 0,
             start_bucket: TokenBucket::full(m.start_execution),
             redrive_bucket: TokenBucket::full(m.start_execution),
+            redrive_tokens: HashMap::new(),
             list_bucket: TokenBucket::full(m.list_executions),
             transition_bucket: TokenBucket::full(m.state_transitions),
             list_lag: m.list_lag_secs,
@@ -214,10 +227,24 @@ impl Sfn {
 
     /// RedriveExecution of `name`: a FAILED execution closed within 14
     /// days runs again from the stage it failed in, as a new `Exec` of
-    /// the same name, input and origin.
-    pub(super) fn redrive(&mut self, name: &str, now: f64) -> Result<Redrive, PortError> {
+    /// the same name, input and origin. A repeated `token` is answered as
+    /// its first call was (`Redrive::Repeat`).
+    pub(super) fn redrive(
+        &mut self,
+        name: &str,
+        token: Option<&str>,
+        now: f64,
+    ) -> Result<Redrive, PortError> {
         if !self.redrive_bucket.take(now) {
             return Err(throttled());
+        }
+        if let Some(t) = token
+            && self.redrive_tokens.get(name).is_some_and(|seen| {
+                seen.iter()
+                    .any(|(x, at)| x == t && now - at <= REDRIVE_TOKEN_SECS)
+            })
+        {
+            return Ok(Redrive::Repeat);
         }
         let Some(&old) = self.by_name.get(name) else {
             return Ok(Redrive::Refused(format!(
@@ -254,6 +281,13 @@ impl Sfn {
         self.execs.push(again);
         self.by_name.insert(name.to_string(), x);
         self.running.insert(x);
+        if let Some(t) = token {
+            let seen = self.redrive_tokens.entry(name.to_string()).or_default();
+            seen.push_back((t.to_string(), now));
+            if seen.len() > REDRIVE_TOKENS {
+                seen.pop_front();
+            }
+        }
         Ok(Redrive::New { x, stage })
     }
 
@@ -539,6 +573,35 @@ mod tests {
             Ok(("a".to_string(), "SUCCEEDED".to_string()))
         );
         assert!(parse(&event, "arn:aws:states:us-east-1:1:stateMachine:other").is_err());
+    }
+
+    /// A redrive request delivered again after its run failed again (a
+    /// crash between RedriveExecution and DeleteMessage) must not run the
+    /// execution a third time: its token is answered as the first call.
+    #[test]
+    fn a_repeated_redrive_token_runs_the_execution_once() {
+        let mut s = sfn(0.0, PLENTY);
+        s.start("a", 1, None, 0.0).unwrap();
+        s.close(0, ExecStatus::Failed, 10.0);
+        let Redrive::New { x, .. } = s.redrive("a", Some("m1"), 20.0).unwrap() else {
+            panic!("a failed execution is redriven");
+        };
+        s.close(x, ExecStatus::Failed, 30.0);
+        assert_eq!(s.redrive("a", Some("m1"), 40.0).unwrap(), Redrive::Repeat);
+        assert_eq!(s.describe("a").map(|d| d.1), Some(1), "one redrive");
+        // Past the token's 15 minutes, or another request: a new run.
+        assert!(matches!(
+            s.redrive("a", Some("m1"), 20.0 + REDRIVE_TOKEN_SECS + 1.0)
+                .unwrap(),
+            Redrive::New { .. }
+        ));
+        let y = s.execs.len() as u32 - 1;
+        s.close(y, ExecStatus::Failed, 1000.0);
+        assert!(matches!(
+            s.redrive("a", Some("m2"), 1001.0).unwrap(),
+            Redrive::New { .. }
+        ));
+        assert_eq!(s.describe("a").map(|d| d.1), Some(3));
     }
 
     #[test]
