@@ -400,7 +400,12 @@ impl Admission {
         // long wide Map then ran 10 % over its ceiling for minutes).
         let lambda_rate = ramp_rate / self.k_max.max(k);
         let gap = target - committed as f64;
-        self.gap_ref = if gap <= 0.0 {
+        // An approach ends when growth has reached the target, not when
+        // the running count does: refills keep it a little under the
+        // target, and a gap kept from the first ramp would let a later,
+        // smaller rise in at the ramp's pace (a cohort of it then peaked
+        // together in its wide phase).
+        self.gap_ref = if gap <= 0.0 || self.allowed >= target {
             0.0
         } else {
             self.gap_ref.max(gap)

@@ -322,3 +322,33 @@ fn growth_above_the_widest_count_is_spread_over_a_lifetime() {
     let n = grown_for_60_s(Some(30.0));
     assert!((30..=75).contains(&n), "{n}");
 }
+
+/// A ramp whose running count never quite reaches the target (refills
+/// keep it a little under), then a small rise of the target: the rise is
+/// its own approach, spread over a lifetime, not paced by the ramp's gap
+/// (a rise of 65 at the pace of a 510 gap started a cohort that peaked
+/// over the ceiling in its wide phase: shapes seed 561).
+#[test]
+fn a_small_rise_after_a_long_approach_is_spread_over_a_lifetime() {
+    let mut c = cfg(1000);
+    c.max_lambdas_per_execution = 10.0;
+    c.ramp_concurrency_per_s = 1000.0;
+    let mut a = Admission::new(Policy::Adaptive, &c);
+    let at = |now: f64, running: usize, k: f64| Inputs {
+        lifetime: Some(600.0),
+        ..inputs(now, running, k)
+    };
+    // Target 1000 / 2.5 = 400, approached from nothing, then held at 395.
+    let mut running = 0;
+    for s in 0..3600 {
+        let d = a.decide(at(f64::from(s), running, 2.5));
+        running = (running + d.budget).min(395);
+    }
+    // k̂ falls to 2.3: target 434, a rise of 34 (39 above what runs).
+    let mut started = 0;
+    for s in 3600..3660 {
+        started += a.decide(at(f64::from(s), running + started, 2.3)).budget;
+    }
+    // 39 over 600 s is 3.9 in a minute, plus the refill's 5.
+    assert!(started <= 12, "{started} started in a minute");
+}
