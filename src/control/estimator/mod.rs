@@ -484,10 +484,13 @@ impl Estimator {
     }
 
     /// Was every minute's mean running count within ±stability of their
-    /// common mean, from `window_s` before the minute through its end?
-    /// Means, not extremes: the count saw-tooths between reconciles.
+    /// common mean, from `window_s` before the minute's end through it?
+    /// Before its end, not its start: the minute's maximum is taken over
+    /// all its seconds, so it is at least what its last second read, when
+    /// the population had held still for a lifetime. Means, not extremes:
+    /// the count saw-tooths between reconciles.
     fn stable_through(&self, minute: u64, window_s: f64) -> bool {
-        let start = minute as f64 - window_s;
+        let start = (minute + 60) as f64 - window_s;
         // The first recorded minute is partial: the window must start after it.
         match self.minutes.first_key_value() {
             Some((&first, _)) if start >= (first + 60) as f64 => {}

@@ -77,6 +77,27 @@ fn a_stable_population_teaches_the_real_width() {
 }
 
 #[test]
+fn a_minute_is_learned_once_a_lifetime_before_its_end_held_still() {
+    // A ramp to 6,000 that ends at 190 s, then a steady count; lifetimes of
+    // 100 s. The minute 240-300 saw a whole lifetime of the steady count
+    // before its end (200-300 s), which is what its maximum is taken over;
+    // the minute 180-240 did not (its last lifetime reaches into the ramp).
+    let mut e = est();
+    run(&mut e, 0, 190, |t| (t as usize * 6000) / 190);
+    run(&mut e, 190, 300, |_| 6000);
+    let r3 = e.on_sample(&sample(3, 12_300.0), Some(100.0)).width;
+    assert!(matches!(r3, SampleUse::Held(_)), "{r3:?}");
+    assert_eq!(e.k(), 3.0);
+    let r4 = e.on_sample(&sample(4, 12_000.0), Some(100.0)).width;
+    // Learned, and still at the widest minute of the last lifetime.
+    let want = 12_300.0 / 6000.0 * margin(6000.0);
+    assert!(
+        matches!(r4, SampleUse::Learned(k) if (k - want).abs() < 1e-9),
+        "{r4:?}"
+    );
+}
+
+#[test]
 fn a_wider_minute_raises_at_once_even_when_unstable() {
     let mut e = est();
     run(&mut e, 0, 600, |_| 5000);

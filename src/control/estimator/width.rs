@@ -32,7 +32,7 @@ pub(super) struct Width {
     window: BTreeMap<u64, f64>,
     /// Ratios of every minute fed (stable or not) of the last lifetime: a
     /// minute is stable when the running count held for a lifetime before
-    /// it, so those minutes saw the same population in its other phases
+    /// its end, so those minutes saw the same population in its other phases
     /// (a cohort marching through a narrow step, then a wide Map).
     recent: BTreeMap<u64, f64>,
 }
@@ -72,7 +72,7 @@ impl Width {
     }
 
     /// Feed the ratio (margin included) of `minute`. `stable`: the running
-    /// count was stable for a lifetime before it; `keep_s`: how far back
+    /// count was stable for a lifetime before its end; `keep_s`: how far back
     /// minutes still count (a lifetime; None while no lifetime is known:
     /// every minute since the start, as the first cohort may take longer
     /// than the run has lasted to come back to its widest phase);
