@@ -394,9 +394,8 @@ pub trait Executions: Send + Sync {
     fn redrive(
         &self,
         execution_arn: &str,
-        token: &str,
+        _token: &str,
     ) -> impl Future<Output = Result<RedriveOutcome, PortError>> + Send {
-        let _ = token;
         let why = format!("ExecutionDoesNotExist: {execution_arn}");
         async move { Ok(RedriveOutcome::NotRedrivable(why)) }
     }

@@ -219,9 +219,7 @@ impl Executions for SimExecutions {
 
     async fn redrive(&self, execution_arn: &str, token: &str) -> Result<RedriveOutcome, PortError> {
         tokio::time::sleep(self.latency).await;
-        self.shared
-            .at_now()
-            .redrive_execution(execution_arn, Some(token))
+        self.shared.at_now().redrive_execution(execution_arn, token)
     }
 
     async fn describe(&self, execution_arn: &str) -> Result<ExecutionDetail, PortError> {

@@ -30,7 +30,7 @@ impl World {
     pub fn redrive_execution(
         &mut self,
         arn: &str,
-        token: Option<&str>,
+        token: &str,
     ) -> Result<RedriveOutcome, PortError> {
         self.count("sfn.RedriveExecution");
         self.fault("sfn", "redrive_execution")?;

@@ -232,18 +232,16 @@ impl Sfn {
     pub(super) fn redrive(
         &mut self,
         name: &str,
-        token: Option<&str>,
+        token: &str,
         now: f64,
     ) -> Result<Redrive, PortError> {
         if !self.redrive_bucket.take(now) {
             return Err(throttled());
         }
-        if let Some(t) = token
-            && self.redrive_tokens.get(name).is_some_and(|seen| {
-                seen.iter()
-                    .any(|(x, at)| x == t && now - at <= REDRIVE_TOKEN_SECS)
-            })
-        {
+        if self.redrive_tokens.get(name).is_some_and(|seen| {
+            seen.iter()
+                .any(|(x, at)| x == token && now - at <= REDRIVE_TOKEN_SECS)
+        }) {
             return Ok(Redrive::Repeat);
         }
         let Some(&old) = self.by_name.get(name) else {
@@ -281,12 +279,10 @@ impl Sfn {
         self.execs.push(again);
         self.by_name.insert(name.to_string(), x);
         self.running.insert(x);
-        if let Some(t) = token {
-            let seen = self.redrive_tokens.entry(name.to_string()).or_default();
-            seen.push_back((t.to_string(), now));
-            if seen.len() > REDRIVE_TOKENS {
-                seen.pop_front();
-            }
+        let seen = self.redrive_tokens.entry(name.to_string()).or_default();
+        seen.push_back((token.to_string(), now));
+        if seen.len() > REDRIVE_TOKENS {
+            seen.pop_front();
         }
         Ok(Redrive::New { x, stage })
     }
@@ -583,22 +579,22 @@ mod tests {
         let mut s = sfn(0.0, PLENTY);
         s.start("a", 1, None, 0.0).unwrap();
         s.close(0, ExecStatus::Failed, 10.0);
-        let Redrive::New { x, .. } = s.redrive("a", Some("m1"), 20.0).unwrap() else {
+        let Redrive::New { x, .. } = s.redrive("a", "m1", 20.0).unwrap() else {
             panic!("a failed execution is redriven");
         };
         s.close(x, ExecStatus::Failed, 30.0);
-        assert_eq!(s.redrive("a", Some("m1"), 40.0).unwrap(), Redrive::Repeat);
+        assert_eq!(s.redrive("a", "m1", 40.0).unwrap(), Redrive::Repeat);
         assert_eq!(s.describe("a").map(|d| d.1), Some(1), "one redrive");
         // Past the token's 15 minutes, or another request: a new run.
         assert!(matches!(
-            s.redrive("a", Some("m1"), 20.0 + REDRIVE_TOKEN_SECS + 1.0)
+            s.redrive("a", "m1", 20.0 + REDRIVE_TOKEN_SECS + 1.0)
                 .unwrap(),
             Redrive::New { .. }
         ));
         let y = s.execs.len() as u32 - 1;
         s.close(y, ExecStatus::Failed, 1000.0);
         assert!(matches!(
-            s.redrive("a", Some("m2"), 1001.0).unwrap(),
+            s.redrive("a", "m2", 1001.0).unwrap(),
             Redrive::New { .. }
         ));
         assert_eq!(s.describe("a").map(|d| d.1), Some(3));
