@@ -6,11 +6,12 @@
 //!
 //! The binary tests take minutes of wall time: CloudWatch minutes are Unix
 //! minutes, and the controller lowers k̂ only from a minute whose running
-//! count was stable for an execution's lifetime after the first (partial)
-//! minute it recorded, so the earliest minute it can learn from is the
-//! third it sees, and it reads that minute once settled
-//! (`estimator.settle_secs`, 60 s after its end): 3 to 4 minutes after
-//! start, by where in its minute the run started. They run in parallel.
+//! count was stable for an execution's lifetime before the minute's end,
+//! after the first (partial) minute it recorded, so the earliest minute it
+//! can learn from is the second it sees (the third if the ramp spills into
+//! it), and it reads that minute once settled (`estimator.settle_secs`, 60
+//! s after its end): 2 to 4 minutes after start, by where in its minute
+//! the run started. They run in parallel.
 
 // The values compared go through CBOR unchanged, or are exact sums.
 #![allow(clippy::float_cmp)]
@@ -347,10 +348,11 @@ const RUNNING_AT_MAX: f64 = 30.0;
 /// Each execution is one Wait of this many seconds.
 const LIFETIME_SECS: u64 = 20;
 /// How long a test waits for k̂ to be learned. The first minute learnable
-/// starts two after the run's first (partial) one and is read 60 s after
-/// its end: up to 240 s after start when the run starts a second into its
-/// minute (CI once timed out at 240 s that way), plus the reads' pace and
-/// a loaded machine.
+/// starts one or two after the run's first (partial) one and is read 60 s
+/// after its end: up to 240 s after start when the run starts a second
+/// into its minute and its ramp spills into the next (CI once timed out
+/// at 240 s that way, when the window was counted from a minute's start),
+/// plus the reads' pace and a loaded machine.
 const LEARN_WITHIN: Duration = Duration::from_secs(300);
 
 /// A minute of the three pipeline functions at `width` Lambdas per
