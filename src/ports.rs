@@ -467,6 +467,11 @@ pub struct FunctionSample {
     pub name: String,
     /// Its maximum concurrency in the minute.
     pub max: f64,
+    /// Its mean concurrency in the minute (ConcurrentExecutions, Average),
+    /// when known: with the maximum it separates the function's mean width,
+    /// which grows with the running count, from its bursts, which grow
+    /// about as the count's square root.
+    pub mean: Option<f64>,
     /// Its throttled invocations in the minute (Throttles, Sum), when known.
     pub throttles: Option<f64>,
 }

@@ -65,6 +65,7 @@ fn f(name: &str, max: f64, throttles: f64) -> FunctionSample {
     FunctionSample {
         name: name.into(),
         max,
+        mean: None,
         throttles: Some(throttles),
     }
 }
@@ -83,8 +84,9 @@ fn sample(
     }
 }
 
-/// 1-minute Maximum of ConcurrentExecutions and Sum of Throttles, for
-/// the account and per function ("prep", "score"), each by its id.
+/// 1-minute Maximum (and, per function, Average) of ConcurrentExecutions
+/// and Sum of Throttles, for the account and per function ("prep",
+/// "score"), each by its id.
 fn assert_asked_per_function(call: &GetCall) {
     let asked: Vec<(&str, &str, &str, Option<&str>, u64)> = call
         .queries
@@ -106,6 +108,8 @@ fn assert_asked_per_function(call: &GetCall) {
             ("account", "ConcurrentExecutions", "Maximum", None, 60),
             ("f0", "ConcurrentExecutions", "Maximum", Some("prep"), 60),
             ("f1", "ConcurrentExecutions", "Maximum", Some("score"), 60),
+            ("a0", "ConcurrentExecutions", "Average", Some("prep"), 60),
+            ("a1", "ConcurrentExecutions", "Average", Some("score"), 60),
             ("t0", "Throttles", "Sum", Some("prep"), 60),
             ("t1", "Throttles", "Sum", Some("score"), 60),
         ]
@@ -135,6 +139,7 @@ async fn the_adapter_reads_every_minute_with_its_latest_values() {
         Minute::new()
             .account(80.0)
             .function("prep", 20.0)
+            .mean("prep", 14.5)
             .function("score", 50.0)
             .throttles("score", 7.0),
     );
@@ -156,12 +161,25 @@ async fn the_adapter_reads_every_minute_with_its_latest_values() {
             sample(
                 m(-3),
                 Some(45.0),
-                vec![f("prep", 12.0, 0.0), f("score", 0.0, 0.0)],
+                // A function without a datapoint ran nothing: its mean too.
+                vec![
+                    f("prep", 12.0, 0.0),
+                    FunctionSample {
+                        mean: Some(0.0),
+                        ..f("score", 0.0, 0.0)
+                    },
+                ],
             ),
             sample(
                 m(-1),
                 Some(80.0),
-                vec![f("prep", 20.0, 0.0), f("score", 50.0, 7.0)],
+                vec![
+                    FunctionSample {
+                        mean: Some(14.5),
+                        ..f("prep", 20.0, 0.0)
+                    },
+                    f("score", 50.0, 7.0),
+                ],
             ),
             last,
         ]
@@ -199,8 +217,8 @@ async fn the_adapter_reads_every_minute_with_its_latest_values() {
     let before = stub.gets().len();
     assert_eq!(cw.samples_since(m(-4)).await.unwrap(), second);
     let calls = &stub.gets()[before..];
-    // 12 datapoints from m(-4) on, 3 a page.
-    assert_eq!(calls.len(), 4, "{calls:?}");
+    // 13 datapoints from m(-4) on, 3 a page.
+    assert_eq!(calls.len(), 5, "{calls:?}");
     assert!(calls[0].next_token.is_none());
     assert!(calls[1..].iter().all(|c| c.next_token.is_some()));
     assert_eq!(stub.rejected(), Vec::<String>::new());

@@ -595,3 +595,20 @@ fn random_workflow_shapes_run_safely() {
         seeds.len()
     );
 }
+
+/// Shapes that once left work behind: a short first step reserved at a few
+/// dozen, which each execution calls several at a time. Batches of ten
+/// started together met on it, were throttled, and held the pipeline at a
+/// tenth of its ceiling until the run's time was up.
+#[test]
+fn a_short_reserved_first_step_does_not_starve_the_pipeline() {
+    for seed in [730, 1323] {
+        let o = run_case(seed, false);
+        assert!(
+            o.problems.is_empty(),
+            "seed {seed}: {}\n{}",
+            o.problems.join("; "),
+            o.repro
+        );
+    }
+}

@@ -1,6 +1,6 @@
 //! `ConcurrencyMetrics` over CloudWatch GetMetricData (AWS/Lambda
-//! ConcurrentExecutions, 1-minute Maximum, and Throttles, Sum; per listed
-//! function or account-wide) and Lambda GetFunctionConcurrency (the
+//! ConcurrentExecutions, 1-minute Maximum, each listed function's Average
+//! too, and Throttles, Sum; per listed function or account-wide) and Lambda GetFunctionConcurrency (the
 //! functions' limits), and a PutMetricData publisher for fanout's own
 //! metrics.
 
@@ -59,13 +59,21 @@ impl LambdaConcurrency {
     }
 
     /// The queries of one read: the account-wide maximum, each function's
-    /// maximum ("f0".. in `functions` order) and the throttles (Sum):
-    /// account-wide ("throttles") when no function is listed, else each
-    /// function's ("t0"..).
+    /// maximum ("f0".. in `functions` order) and mean ("a0"..), and the
+    /// throttles (Sum): account-wide ("throttles") when no function is
+    /// listed, else each function's ("t0"..).
     fn queries(&self) -> Vec<MetricDataQuery> {
         let mut queries = vec![query("account".into(), None)];
         for (i, f) in self.functions.iter().enumerate() {
             queries.push(query(format!("f{i}"), Some(f)));
+        }
+        for (i, f) in self.functions.iter().enumerate() {
+            queries.push(lambda_query(
+                format!("a{i}"),
+                Some(f),
+                "ConcurrentExecutions",
+                "Average",
+            ));
         }
         if self.functions.is_empty() {
             queries.push(lambda_query("throttles".into(), None, "Throttles", "Sum"));
@@ -155,6 +163,7 @@ enum Series {
     Account,
     AccountThrottles,
     Max(usize),
+    Mean(usize),
     Throttles(usize),
 }
 
@@ -168,6 +177,7 @@ impl Series {
                 let i = index.parse().ok()?;
                 match kind {
                     "f" => Some(Series::Max(i)),
+                    "a" => Some(Series::Mean(i)),
                     "t" => Some(Series::Throttles(i)),
                     _ => None,
                 }
@@ -183,6 +193,7 @@ struct Read {
     account: BTreeMap<u64, f64>,
     account_throttles: BTreeMap<u64, f64>,
     max: Vec<BTreeMap<u64, f64>>,
+    mean: Vec<BTreeMap<u64, f64>>,
     throttles: Vec<BTreeMap<u64, f64>>,
 }
 
@@ -190,6 +201,7 @@ impl Read {
     fn new(functions: usize) -> Read {
         Read {
             max: vec![BTreeMap::new(); functions],
+            mean: vec![BTreeMap::new(); functions],
             throttles: vec![BTreeMap::new(); functions],
             ..Read::default()
         }
@@ -200,6 +212,7 @@ impl Read {
             Series::Account => Some(&mut self.account),
             Series::AccountThrottles => Some(&mut self.account_throttles),
             Series::Max(i) => self.max.get_mut(i),
+            Series::Mean(i) => self.mean.get_mut(i),
             Series::Throttles(i) => self.throttles.get_mut(i),
         };
         if let Some(into) = into {
@@ -209,9 +222,10 @@ impl Read {
 
     /// One sample per minute from `since_s` on that has a concurrency
     /// datapoint (account-wide or of a function). A function without a
-    /// datapoint in a minute ran nothing then (0), a minute without a
-    /// Throttles datapoint throttled nothing (0); the account-wide maximum
-    /// is `None` when missing, unless it is the only series.
+    /// datapoint in a minute ran nothing then (0, its mean too), a minute
+    /// without a Throttles datapoint throttled nothing (0); a mean missing
+    /// beside a maximum is `None` (unknown), and so is the account-wide
+    /// maximum when missing, unless it is the only series.
     fn samples(&self, functions: &[String], since_s: u64) -> Vec<ConcurrencySample> {
         let get = |series: &BTreeMap<u64, f64>, m: u64| series.get(&m).copied().unwrap_or(0.0);
         if functions.is_empty() {
@@ -242,6 +256,11 @@ impl Read {
                     .map(|(i, name)| FunctionSample {
                         name: name.clone(),
                         max: get(&self.max[i], m),
+                        mean: match (self.mean[i].get(&m), self.max[i].get(&m)) {
+                            (Some(&v), _) => Some(v),
+                            (None, None) => Some(0.0),
+                            (None, Some(_)) => None,
+                        },
                         throttles: Some(get(&self.throttles[i], m)),
                     })
                     .collect();
@@ -399,6 +418,7 @@ mod tests {
         assert_eq!(Series::of("throttles"), Some(Series::AccountThrottles));
         assert_eq!(Series::of("f12"), Some(Series::Max(12)));
         assert_eq!(Series::of("t0"), Some(Series::Throttles(0)));
+        assert_eq!(Series::of("a3"), Some(Series::Mean(3)));
         assert_eq!(Series::of("x1"), None);
         assert_eq!(Series::of("f"), None);
         assert_eq!(Series::of(""), None);
@@ -410,6 +430,7 @@ mod tests {
         r.add(Series::Account, 60, 50.0);
         r.add(Series::Max(0), 60, 10.0);
         r.add(Series::Max(1), 60, 30.0);
+        r.add(Series::Mean(1), 60, 21.5);
         r.add(Series::Throttles(1), 60, 4.0);
         // Minute 120: only "score" ran; no account datapoint.
         r.add(Series::Max(1), 120, 25.0);
@@ -428,11 +449,13 @@ mod tests {
                 FunctionSample {
                     name: "prep".into(),
                     max: 10.0,
+                    mean: None,
                     throttles: Some(0.0)
                 },
                 FunctionSample {
                     name: "score".into(),
                     max: 30.0,
+                    mean: Some(21.5),
                     throttles: Some(4.0)
                 },
             ]
@@ -441,6 +464,7 @@ mod tests {
         assert_eq!(s[1].pipeline_max, 25.0);
         assert_eq!(s[1].account_max, None);
         assert_eq!(s[1].functions[0].max, 0.0);
+        assert_eq!(s[1].functions[0].mean, Some(0.0));
     }
 
     #[test]

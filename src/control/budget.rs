@@ -103,6 +103,11 @@ pub struct Decision {
     /// rule (another controller starting, no claim record), when it cut
     /// the budget.
     pub room_share: Option<f64>,
+    /// The most executions that may start at once: a limited function's
+    /// room over each execution at its widest there (`FunctionBound::
+    /// widest`), when one is known. A cohort started together reaches that
+    /// width together (a Map's first items), whatever the running count.
+    pub cohort: Option<usize>,
 }
 
 /// The smallest share of the free room a controller takes while another
@@ -311,13 +316,14 @@ impl Admission {
 
     /// How many messages may be received now.
     pub fn decide(&mut self, i: Inputs) -> Decision {
+        let first = self.last.is_none();
         let dt = self.last.map_or(0.0, |t| (i.now - t).max(0.0));
         self.last = Some(i.now);
         if i.lifetime.is_some() {
             self.lifetime = i.lifetime;
         }
         let committed = i.running + i.in_hand;
-        let d = self.decide_alone(i, dt, committed);
+        let d = self.decide_alone(i, dt, committed, first);
         // Under a claim the record splits the room; the reconcile's rule
         // is for controllers without one.
         if !i.shared || d.budget == 0 || i.share.is_some() {
@@ -332,13 +338,14 @@ impl Admission {
         }
     }
 
-    fn decide_alone(&mut self, i: Inputs, dt: f64, committed: usize) -> Decision {
+    fn decide_alone(&mut self, i: Inputs, dt: f64, committed: usize, first: bool) -> Decision {
         match self.policy {
             Policy::Fixed => Decision {
                 budget: self.fixed_cap.saturating_sub(committed),
                 target: self.fixed_cap,
                 limit: Limit::Ceiling,
                 room_share: None,
+                cohort: None,
             },
             Policy::Seed => {
                 // The seed checks each message after receiving it; the
@@ -352,13 +359,14 @@ impl Admission {
                     target,
                     limit: Limit::Ceiling,
                     room_share: None,
+                    cohort: None,
                 }
             }
-            Policy::Adaptive => self.adaptive(i, dt, committed),
+            Policy::Adaptive => self.adaptive(i, dt, committed, first),
         }
     }
 
-    fn adaptive(&mut self, i: Inputs, dt: f64, committed: usize) -> Decision {
+    fn adaptive(&mut self, i: Inputs, dt: f64, committed: usize, first: bool) -> Decision {
         let k = i.k.max(1e-6);
         let mut ceiling = self.effective_ceiling(i.other_load);
         // Under a shared claim, the ceiling and Lambda's scaling are split
@@ -420,6 +428,11 @@ impl Admission {
         let widest = (ceiling / self.k_max.max(k))
             .min(self.function_widest.unwrap_or(f64::INFINITY))
             .floor();
+        if first {
+            // The first step is a cohort too: Lambda's initial burst sizes
+            // it, but never past what may start at once.
+            self.allowed = self.allowed.min(widest.max(1.0));
+        }
         let base = self.allowed.max(committed as f64);
         let grown = if base + fast * dt <= widest {
             base + fast * dt
@@ -441,6 +454,7 @@ impl Admission {
             target: target as usize,
             limit,
             room_share: None,
+            cohort: self.function_widest.map(|w| w.floor().max(1.0) as usize),
         }
     }
 }

@@ -50,8 +50,13 @@ impl Step {
     /// the target free, so a priority message finds room within a tick
     /// even at the ceiling; only at the ceiling: under the ramp the budget
     /// can be smaller than the reserve, and bulk work would never start.
+    /// A step never takes more than a cohort (`Decision::cohort`), and
+    /// whole batches only when a batch fits in one: ten started together
+    /// would meet on a small limited function (a short first step reserved
+    /// at a few dozen) and be throttled, however many run.
     pub fn new(d: &Decision, queues: usize, start_rate_per_s: u32, reserve_fraction: f64) -> Step {
-        let step_cap = ((start_rate_per_s as usize) / 2).max(BATCH);
+        let cohort = d.cohort.unwrap_or(usize::MAX).max(1);
+        let step_cap = ((start_rate_per_s as usize) / 2).max(BATCH).min(cohort);
         // Never the whole target: a target of one execution (a function
         // limit of one Lambda) would leave bulk work nothing, ever.
         let reserve = if queues > 1 && d.limit == Limit::Ceiling {
@@ -62,7 +67,7 @@ impl Step {
         Step {
             budget: d.budget.min(step_cap),
             lower: d.budget.saturating_sub(reserve).min(step_cap),
-            batches: if d.target >= 10 * BATCH {
+            batches: if d.target >= 10 * BATCH && cohort >= BATCH {
                 Batches::Whole
             } else {
                 Batches::Any
@@ -216,6 +221,7 @@ mod tests {
             target,
             limit,
             room_share: None,
+            cohort: None,
         }
     }
 
@@ -258,6 +264,21 @@ mod tests {
         let d = |t| Step::new(&decision(50, t, Limit::Ramp), 1, 250, 0.0).batches;
         assert_eq!(d(99), Batches::Any);
         assert_eq!(d(100), Batches::Whole);
+    }
+
+    #[test]
+    fn a_step_takes_at_most_a_cohort_and_whole_batches_only_when_one_fits() {
+        let cohort = |c| {
+            let d = Decision {
+                cohort: Some(c),
+                ..decision(500, 6000, Limit::Ramp)
+            };
+            let s = Step::new(&d, 1, 250, 0.0);
+            (s.budget, s.batches)
+        };
+        assert_eq!(cohort(7), (7, Batches::Any));
+        assert_eq!(cohort(10), (10, Batches::Whole));
+        assert_eq!(cohort(400), (125, Batches::Whole));
     }
 
     #[test]

@@ -30,6 +30,7 @@ impl From<&EstimatorConfig> for estimator::Params {
             initial_lambdas_per_execution: e.initial_lambdas_per_execution,
             settle_s: e.settle_secs as f64,
             account_limit: None,
+            headroom_fraction: 0.0,
         }
     }
 }
@@ -39,6 +40,7 @@ impl From<&Config> for estimator::Params {
     fn from(cfg: &Config) -> Self {
         estimator::Params {
             account_limit: cfg.controller.account_limit.map(f64::from),
+            headroom_fraction: cfg.controller.headroom_fraction,
             ..(&cfg.estimator).into()
         }
     }

@@ -47,6 +47,8 @@ pub(crate) fn unix_now() -> f64 {
 pub(crate) struct FunctionMinute {
     /// ConcurrentExecutions, Maximum.
     pub(crate) max: Option<f64>,
+    /// ConcurrentExecutions, Average.
+    pub(crate) mean: Option<f64>,
     /// Throttles, Sum.
     pub(crate) throttles: Option<f64>,
 }
@@ -89,6 +91,12 @@ impl Minute {
         self
     }
 
+    /// With `function`'s mean (Average).
+    pub(crate) fn mean(mut self, function: &str, mean: f64) -> Minute {
+        self.functions.entry(function.to_string()).or_default().mean = Some(mean);
+        self
+    }
+
     /// With `function`'s throttles sum.
     pub(crate) fn throttles(mut self, function: &str, sum: f64) -> Minute {
         self.functions
@@ -111,6 +119,7 @@ impl Minute {
             ("ConcurrentExecutions", "Maximum", None) => self.account,
             ("Throttles", "Sum", None) => self.account_throttles,
             ("ConcurrentExecutions", "Maximum", Some(f)) => self.functions.get(f)?.max,
+            ("ConcurrentExecutions", "Average", Some(f)) => self.functions.get(f)?.mean,
             ("Throttles", "Sum", Some(f)) => self.functions.get(f)?.throttles,
             _ => None,
         }

@@ -323,6 +323,23 @@ fn growth_above_the_widest_count_is_spread_over_a_lifetime() {
     assert!((30..=75).contains(&n), "{n}");
 }
 
+#[test]
+fn the_first_step_is_a_cohort_sized_by_the_function_limits_too() {
+    // Lambda's initial burst allows 1000 / 1 running at once, the ceiling
+    // 466; a function limit fits 321 at the widest (all in the first step,
+    // drawing on what the reservations leave the others).
+    let mut c = cfg(466);
+    c.max_lambdas_per_execution = 1.0;
+    let mut a = Admission::new(Policy::Adaptive, &c);
+    a.set_function_cap(Some(460.0), Some(321.0));
+    let d = a.decide(inputs(0.0, 0, 1.0));
+    assert_eq!((d.budget, d.cohort), (321, Some(321)));
+    // Without the cohort bound, the burst would start 460.
+    let mut a = Admission::new(Policy::Adaptive, &c);
+    a.set_function_cap(Some(460.0), None);
+    assert_eq!(a.decide(inputs(0.0, 0, 1.0)).budget, 460);
+}
+
 /// A ramp whose running count never quite reaches the target (refills
 /// keep it a little under), then a small rise of the target: the rise is
 /// its own approach, spread over a lifetime, not paced by the ramp's gap

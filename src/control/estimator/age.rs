@@ -372,12 +372,12 @@ impl Estimator {
                 .iter()
                 .filter(|&(&m, _)| (m + 60) as f64 > first)
                 .filter_map(|(&m, seen)| {
-                    let &(max, thr) = seen.functions.get(&name)?;
-                    if thr.is_some_and(|t| t > 0.0) {
+                    let f = seen.functions.get(&name)?;
+                    if f.throttles.is_some_and(|t| t > 0.0) {
                         return None;
                     }
                     let m = m as f64;
-                    Some((self.starts.minute(m, &buckets), max))
+                    Some((self.starts.minute(m, &buckets), f.max))
                 })
                 .collect();
             let profile = Profile::fit(buckets, self.horizon_open, &rows);

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use super::width::Width;
-use super::{ConcurrencySample, Seen};
+use super::{ConcurrencySample, FunctionSeen, Seen};
 
 /// A learned limit rises by this fraction of itself per clean minute of
 /// its function: a throttle that had another cause (Lambda's scaling
@@ -104,15 +104,11 @@ impl super::Estimator {
         // Every running function throttled at once is the account (at its
         // limit, or scaling up: the legacy burst model), not a limit of
         // each; one function alone cannot tell the two apart.
-        let running = seen
-            .functions
-            .values()
-            .filter(|(max, _)| *max > 0.0)
-            .count();
+        let running = seen.functions.values().filter(|f| f.max > 0.0).count();
         let throttled = seen
             .functions
             .values()
-            .filter(|(_, t)| t.is_some_and(|t| t > 0.0))
+            .filter(|f| f.throttles.is_some_and(|t| t > 0.0))
             .count();
         let all_throttled = running >= 2 && throttled >= running;
         let at_limit = all_throttled || account_at_limit(s.account_max, self.cfg.account_limit);
@@ -125,14 +121,15 @@ impl super::Estimator {
             .map(|b| {
                 b.functions
                     .iter()
-                    .map(|(n, &(m, _))| (n.clone(), m))
+                    .map(|(n, f)| (n.clone(), f.max))
                     .collect()
             });
         let first = self.seen.range(..minute).next().is_none();
-        for (name, &(max, thr)) in &seen.functions {
+        for (name, fm) in &seen.functions {
+            let (max, thr) = (fm.max, fm.throttles);
             let was_throttled = prev
                 .and_then(|p| p.functions.get(name))
-                .is_some_and(|&(_, t)| t.is_some_and(|t| t > 0.0));
+                .is_some_and(|p| p.throttles.is_some_and(|t| t > 0.0));
             let now_throttled = thr.is_some_and(|t| t > 0.0);
             if prev.is_some() && (was_throttled || !now_throttled) {
                 continue;
@@ -161,6 +158,48 @@ impl super::Estimator {
     }
 }
 
+/// The width (Lambdas per running execution, margin included) a
+/// function's minute stands for at the running count its limit allows
+/// (`room`: the limit less headroom; None, no limit: the plain ratio).
+///
+/// The minute's maximum is its mean plus a burst. The mean grows with the
+/// running count; the burst, the spread of a sum of independent
+/// executions, grows as its square root. Read as max / running and scaled
+/// linearly, a burst measured at a small count would be multiplied by the
+/// count's growth: a short function reserved at a few dozen, whose minute
+/// maximum is mostly burst, would hold the pipeline at a few times the
+/// count it ran at. With the mean (CloudWatch's Average), the maximum at
+/// n running is predicted as margin × (m n + burst √(n / N)), equal to the
+/// minute's own (margin × max) at the count N it ran at; the width is the
+/// room over the n that fills it. Without the mean: the plain ratio.
+pub(super) fn ratio(
+    minute: &FunctionSeen,
+    running_max: f64,
+    running_mean: f64,
+    margin: f64,
+    room: Option<f64>,
+) -> f64 {
+    let plain = minute.max / running_max * margin;
+    let (Some(mean), Some(room)) = (minute.mean, room) else {
+        return plain;
+    };
+    if running_mean <= 0.0 || room <= 0.0 {
+        return plain;
+    }
+    let per_execution = (mean / running_mean).max(0.0);
+    let burst = (minute.max - per_execution * running_max).max(0.0);
+    // quad n + lin √n = room, solved for √n in the form that keeps its
+    // precision when quad is small beside lin.
+    let quad = per_execution * margin;
+    let lin = burst * margin / running_max.sqrt();
+    let denominator = lin + (lin * lin + 4.0 * quad * room).sqrt();
+    if denominator <= 0.0 {
+        return plain;
+    }
+    let sqrt_n = 2.0 * room / denominator;
+    room / (sqrt_n * sqrt_n)
+}
+
 /// Whether the account was at its limit in a minute (then throttles are
 /// the account's, not a function's).
 pub(super) fn account_at_limit(account_max: Option<f64>, account_limit: Option<f64>) -> bool {
@@ -185,17 +224,22 @@ pub struct FunctionBound {
     /// at least one.
     pub running: f64,
     /// Running executions every limited function allows with each
-    /// execution at its widest there (its prior, or a wider ŵ_f): the
-    /// count a new cohort may reach at once.
+    /// execution at its widest there (its prior, or a wider ŵ_f), and the
+    /// unreserved pool with each at its widest over the functions without
+    /// a reservation: the count a new cohort may reach at once.
     pub widest: f64,
 }
 
 /// The tightest bound among `functions`, with the widths capped at `k`
-/// (no function is wider than the pipeline).
+/// (no function is wider than the pipeline). `pool`: what the account
+/// leaves the functions without a reservation (its limit less every
+/// reservation read and the other load), when known, and the widest an
+/// execution can be.
 pub(super) fn tightest(
     functions: &BTreeMap<String, Function>,
     k: f64,
     headroom: f64,
+    pool: Option<(f64, f64)>,
 ) -> Option<FunctionBound> {
     // One execution at a time always: a limit below one execution's width
     // throttles it, and Step Functions' retries carry it through; a cap of
@@ -208,6 +252,26 @@ pub(super) fn tightest(
             Some(allows(f.limit()?, width))
         })
         .fold(f64::INFINITY, f64::min);
+    // Lambda carves each reservation out of the account; the functions
+    // without one share the rest with the account's other functions. A
+    // cohort started at once must fit in it too, with each execution at
+    // its widest over those functions (their priors summed, at most the
+    // pipeline's width). Only a cohort: as a bound on the running count
+    // it held pipelines far under a pool they never filled, while the
+    // widths fell from their priors a lifetime at a time.
+    let unreserved: Vec<&Function> = functions.values().filter(|f| f.known.is_none()).collect();
+    let widest = match pool {
+        Some((pool, k_widest)) if !unreserved.is_empty() && unreserved.len() < functions.len() => {
+            let width = unreserved
+                .iter()
+                .map(|f| f.width.value().max(f.prior))
+                .sum::<f64>()
+                .min(k_widest)
+                .max(1e-6);
+            widest.min(allows(pool.max(0.0), width))
+        }
+        _ => widest,
+    };
     functions
         .iter()
         .filter_map(|(name, f)| {
@@ -244,6 +308,7 @@ mod tests {
             initial_lambdas_per_execution: None,
             settle_s: 60.0,
             account_limit,
+            headroom_fraction: 0.0,
         };
         let mut e = Estimator::new(p, 3.0);
         for t in 0..3600 {
@@ -264,6 +329,7 @@ mod tests {
                 .map(|&(n, max, t)| FunctionSample {
                     name: n.into(),
                     max,
+                    mean: None,
                     throttles: Some(t),
                 })
                 .collect(),
@@ -404,7 +470,114 @@ mod tests {
         assert_eq!(w(&e), 2.4, "a lifetime later, a stable minute lowers it");
     }
 
+    /// A function's minute with its mean.
+    fn seen(max: f64, mean: Option<f64>) -> FunctionSeen {
+        FunctionSeen {
+            max,
+            mean,
+            throttles: Some(0.0),
+        }
+    }
+
+    #[test]
+    fn a_burst_measured_at_a_small_count_is_not_multiplied_by_the_counts_growth() {
+        // A 0.2 s function reserved at 24 that every execution calls three at
+        // a time: 50 running put 0.35 on it on average and 11 at its peak.
+        let mut e = est(None);
+        assert!(e.set_function_limits(&[("fn".into(), Some(24))]));
+        for t in 6000..6060 {
+            e.observe_running(f64::from(t), 50);
+        }
+        let mut s = minute(100, None, &[("fn", 11.0, 0.0)]);
+        s.functions[0].mean = Some(0.35);
+        e.on_sample(&s, Some(30.0));
+        let b = e.function_bound(0.0).unwrap();
+        // Read as 11 per 50 running, the limit would hold it at 109. The
+        // mean grows with the count (0.007 each) and the burst as its root:
+        // 0.007 n + 10.65 √(n / 50) reaches 24 at n ≈ 222.
+        assert!((b.running - 222.0).abs() < 1.0, "{b:?}");
+        // Without the mean: the plain ratio.
+        let mut e = est(None);
+        assert!(e.set_function_limits(&[("fn".into(), Some(24))]));
+        for t in 6000..6060 {
+            e.observe_running(f64::from(t), 50);
+        }
+        e.on_sample(&minute(100, None, &[("fn", 11.0, 0.0)]), Some(30.0));
+        let b = e.function_bound(0.0).unwrap();
+        assert!((b.running - 24.0 / (11.0 / 50.0)).abs() < 1e-9, "{b:?}");
+    }
+
+    #[test]
+    fn without_a_mean_or_a_limit_or_a_burst_the_ratio_is_the_plain_one() {
+        let plain = 30.0 / 100.0 * 1.2;
+        assert_eq!(
+            ratio(&seen(30.0, None), 100.0, 100.0, 1.2, Some(50.0)),
+            plain
+        );
+        assert_eq!(
+            ratio(&seen(30.0, Some(20.0)), 100.0, 100.0, 1.2, None),
+            plain
+        );
+        // Every Lambda of its maximum is its mean: nothing to amortize.
+        let r = ratio(&seen(30.0, Some(30.0)), 100.0, 100.0, 1.2, Some(50.0));
+        assert!((r - plain).abs() < 1e-12, "{r}");
+        // A minute it did not run in.
+        assert_eq!(
+            ratio(&seen(0.0, Some(0.0)), 100.0, 100.0, 1.2, Some(50.0)),
+            0.0
+        );
+    }
+
+    #[test]
+    fn a_cohort_fits_in_what_the_reservations_leave_the_other_functions() {
+        // An account of 684; the last step reserved at 359; the first two,
+        // one Lambda each, share the other 325 (an execution is in one of
+        // them at a time, but the bound knows only their priors: 2, at
+        // most the pipeline's 1.95).
+        let mut map = BTreeMap::new();
+        for name in ["s0", "s1", "s2"] {
+            map.insert(name.to_string(), Function::new(1.0));
+        }
+        map.get_mut("s2").unwrap().known = Some(359.0);
+        let alone = tightest(&map, 1.0, 0.0, None).unwrap();
+        assert_eq!((alone.running, alone.widest), (359.0, 359.0));
+        let b = tightest(&map, 1.0, 0.0, Some((325.0, 1.95))).unwrap();
+        assert_eq!(b.running, 359.0, "the running count is not bound by it");
+        assert!((b.widest - 325.0 / 1.95).abs() < 1e-9, "{b:?}");
+        // Every function reserved: no pool of theirs.
+        map.get_mut("s0").unwrap().known = Some(400.0);
+        map.get_mut("s1").unwrap().known = Some(400.0);
+        let all = tightest(&map, 1.0, 0.0, Some((0.0, 1.95))).unwrap();
+        assert_eq!(all.widest, 359.0);
+    }
+
     proptest! {
+        /// The width read at the limit predicts the limit there (the
+        /// maximum at the count it allows is the room), equals the plain
+        /// ratio where the room is what the minute itself showed, and is
+        /// never below the mean width.
+        #[test]
+        fn the_ratio_fills_the_room_at_the_count_it_allows(
+            running in 1.0f64..20_000.0,
+            width in 0.001f64..8.0,
+            burst_share in 0.0f64..1.0,
+            margin in 1.0f64..1.5,
+            room in 1.0f64..20_000.0,
+        ) {
+            let max = running * width;
+            let mean = max * (1.0 - burst_share);
+            let f = seen(max, Some(mean));
+            let r = ratio(&f, running, running, margin, Some(room));
+            let n = room / r;
+            let m = mean / running;
+            let predicted = margin * (m * n + (max - mean) * (n / running).sqrt());
+            prop_assert!((predicted - room).abs() <= room * 1e-9, "{predicted} {room}");
+            prop_assert!(r >= m * margin * (1.0 - 1e-12));
+            let at_own = ratio(&f, running, running, margin, Some(margin * max));
+            let plain = max / running * margin;
+            prop_assert!((at_own - plain).abs() <= plain * 1e-9, "{at_own} {plain}");
+        }
+
         /// Whatever the limits and widths, a target at the bound keeps every
         /// function under its limit less the headroom, and the bound is the
         /// tightest one.
@@ -420,7 +593,7 @@ mod tests {
                 f.known = Some(f64::from(limit));
                 map.insert(format!("f{i}"), f);
             }
-            let b = tightest(&map, k, headroom).unwrap();
+            let b = tightest(&map, k, headroom, None).unwrap();
             for f in map.values() {
                 let w = f.width.value().min(k);
                 prop_assert!(b.running * w <= f.known.unwrap() * (1.0 - headroom) * (1.0 + 1e-12));

@@ -49,6 +49,10 @@ pub struct Params {
     /// The account's concurrency limit, when known: a function throttled
     /// while the account is at it teaches no limit of the function's own.
     pub account_limit: Option<f64>,
+    /// The fraction of a function's limit admission keeps free: a limited
+    /// function's minute is read at the running count its limit allows
+    /// (`function::ratio`).
+    pub headroom_fraction: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -130,8 +134,16 @@ impl Reading {
 struct Seen {
     bound: f64,
     throttled: bool,
-    /// Per function: its maximum and throttles.
-    functions: BTreeMap<String, (f64, Option<f64>)>,
+    /// Per function: its maximum, mean and throttles.
+    functions: BTreeMap<String, FunctionSeen>,
+}
+
+/// What was used of one function's minute.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct FunctionSeen {
+    max: f64,
+    mean: Option<f64>,
+    throttles: Option<f64>,
 }
 
 impl Seen {
@@ -153,21 +165,31 @@ impl Seen {
             functions: s
                 .functions
                 .iter()
-                .map(|f| (f.name.clone(), (f.max, f.throttles)))
+                .map(|f| {
+                    let seen = FunctionSeen {
+                        max: f.max,
+                        mean: f.mean,
+                        throttles: f.throttles,
+                    };
+                    (f.name.clone(), seen)
+                })
                 .collect(),
         }
     }
 
-    /// The higher of each value.
+    /// The higher of each value (a higher mean reads the function wider
+    /// above the count it ran at: `function::ratio`).
     fn merge(&self, new: &Seen) -> Seen {
+        let higher = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         let mut functions = self.functions.clone();
-        for (name, &(max, thr)) in &new.functions {
-            let e = functions.entry(name.clone()).or_insert((max, thr));
-            e.0 = e.0.max(max);
-            e.1 = match (e.1, thr) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            };
+        for (name, n) in &new.functions {
+            let e = functions.entry(name.clone()).or_insert(*n);
+            e.max = e.max.max(n.max);
+            e.mean = higher(e.mean, n.mean);
+            e.throttles = higher(e.throttles, n.throttles);
         }
         Seen {
             bound: self.bound.max(new.bound),
@@ -407,16 +429,19 @@ impl Estimator {
         if ((s.minute_start_s + 60) as f64) > now_s {
             return None;
         }
-        let running = self.minutes.get(&s.minute_start_s)?.max;
+        let stats = *self.minutes.get(&s.minute_start_s)?;
+        let running = stats.max;
         if running < MIN_RUNNING {
             return None;
         }
         let seen = Seen::of(s);
         let margin = self.margin(running);
-        for (name, &(max, _)) in &seen.functions {
-            self.function_entry(name)
-                .width
-                .raise_to(max / running * margin);
+        let headroom = self.cfg.headroom_fraction;
+        for (name, fm) in &seen.functions {
+            let f = self.function_entry(name);
+            let room = f.limit().map(|l| l * (1.0 - headroom));
+            let ratio = function::ratio(fm, running, stats.mean(), margin, room);
+            f.width.raise_to(ratio);
         }
         let ratio = seen.bound / running * margin;
         (ratio > self.k.value()).then(|| {
@@ -441,7 +466,14 @@ impl Estimator {
     /// The function limit that binds the running count tightest, with its
     /// width capped at k̂ (`headroom`: the fraction of a limit kept free).
     pub fn function_bound(&self, headroom: f64) -> Option<FunctionBound> {
-        function::tightest(&self.functions, self.k(), headroom)
+        let reserved: f64 = self.functions.values().filter_map(|f| f.known).sum();
+        let pool = self
+            .cfg
+            .account_limit
+            .map(|l| l - reserved - self.other_load.unwrap_or(0.0));
+        // An execution is at most as wide as the widest of k̂ and its prior.
+        let pool = pool.map(|p| (p, self.k().max(self.k_max)));
+        function::tightest(&self.functions, self.k(), headroom, pool)
     }
 
     /// Each function's width ŵ_f and limit (read or learned), by name.
@@ -559,10 +591,10 @@ impl Estimator {
         // ratio to the mean would over-state the width.
         let running = stats.max;
         if running < MIN_RUNNING {
-            self.ease_functions(&seen, running);
+            self.ease_functions(&seen, stats);
             return r;
         }
-        self.feed_widths(&mut r, &seen, running, lifetime_s);
+        self.feed_widths(&mut r, &seen, stats, lifetime_s);
         r
     }
 
@@ -580,25 +612,35 @@ impl Estimator {
     /// a short first step), and no minute would ever teach it otherwise.
     /// Larger pipelines learn the widest phase of a lifetime instead:
     /// easing there would lower a width while a cohort is elsewhere.
-    fn ease_functions(&mut self, seen: &Seen, running: f64) {
-        if running < 1.0 {
+    fn ease_functions(&mut self, seen: &Seen, stats: MinuteStats) {
+        if stats.max < 1.0 {
             return;
         }
-        let margin = self.margin(running);
-        for (name, &(max, thr)) in &seen.functions {
+        let margin = self.margin(stats.max);
+        let headroom = self.cfg.headroom_fraction;
+        for (name, fm) in &seen.functions {
             let f = self.function_entry(name);
             let Some(limit) = f.limit() else {
                 continue;
             };
-            if thr.is_some_and(|t| t > 0.0) || max >= FUNCTION_ROOM * limit {
+            if fm.throttles.is_some_and(|t| t > 0.0) || fm.max >= FUNCTION_ROOM * limit {
                 continue;
             }
-            f.width.ease_to(max / running * margin, FUNCTION_EASE);
+            let room = limit * (1.0 - headroom);
+            let ratio = function::ratio(fm, stats.max, stats.mean(), margin, Some(room));
+            f.width.ease_to(ratio, FUNCTION_EASE);
         }
     }
 
     /// k̂ and each function's width from a usable minute.
-    fn feed_widths(&mut self, r: &mut Reading, seen: &Seen, running: f64, lifetime_s: Option<f64>) {
+    fn feed_widths(
+        &mut self,
+        r: &mut Reading,
+        seen: &Seen,
+        stats: MinuteStats,
+        lifetime_s: Option<f64>,
+    ) {
+        let running = stats.max;
         let margin = self.margin(running);
         let floor = self.cfg.min_lambdas_per_execution;
         if let Some(p) = self.prior.take() {
@@ -627,11 +669,13 @@ impl Estimator {
             self.reported_over = measured;
             r.over_max = Some(measured);
         }
-        for (name, &(max, thr)) in &seen.functions {
-            let f_stable = stable && !thr.is_some_and(|t| t > 0.0);
+        let headroom = self.cfg.headroom_fraction;
+        for (name, fm) in &seen.functions {
+            let f_stable = stable && !fm.throttles.is_some_and(|t| t > 0.0);
             let f = self.function_entry(name);
-            f.width
-                .feed(r.minute, max / running * margin, f_stable, keep_s, 0.0);
+            let room = f.limit().map(|l| l * (1.0 - headroom));
+            let ratio = function::ratio(fm, running, stats.mean(), margin, room);
+            f.width.feed(r.minute, ratio, f_stable, keep_s, 0.0);
         }
     }
 }

@@ -15,6 +15,7 @@ fn params() -> Params {
         initial_lambdas_per_execution: None,
         settle_s: 60.0,
         account_limit: None,
+        headroom_fraction: 0.0,
     }
 }
 
@@ -253,8 +254,8 @@ proptest! {
             pipeline_max: sum,
             account_max: Some(acct),
             functions: vec![
-                FunctionSample { name: "a".into(), max: sum * split, throttles: Some(0.0) },
-                FunctionSample { name: "b".into(), max: sum * (1.0 - split), throttles: Some(0.0) },
+                FunctionSample { name: "a".into(), max: sum * split, mean: None, throttles: Some(0.0) },
+                FunctionSample { name: "b".into(), max: sum * (1.0 - split), mean: None, throttles: Some(0.0) },
             ],
             ..sample(5, 0.0)
         };
@@ -442,6 +443,7 @@ fn cohort_world(n: u32, cohorts: &[f64], minutes: u64) -> Estimator {
             functions: vec![FunctionSample {
                 name: "map".into(),
                 max,
+                mean: None,
                 throttles: Some(0.0),
             }],
         };

@@ -44,6 +44,9 @@ pub(super) struct MinuteTrace {
     names: Vec<String>,
     /// Per function, per second of the minute: its maximum concurrency.
     func_max: Vec<[u32; 60]>,
+    /// Per function, per second: its concurrency integrated over the
+    /// second (the time-average, CloudWatch's Average).
+    func_area: Vec<[f64; 60]>,
     /// Per function, per second: its throttled invocations.
     func_throttles: Vec<[u32; 60]>,
     /// Per second: the maximum of the account-wide sum (pipeline + others).
@@ -57,6 +60,7 @@ impl MinuteTrace {
             start,
             names: names.to_vec(),
             func_max: vec![[0; 60]; names.len()],
+            func_area: vec![[0.0; 60]; names.len()],
             func_throttles: vec![[0; 60]; names.len()],
             account: [0.0; 60],
         }
@@ -73,6 +77,12 @@ impl MinuteTrace {
         self.func_max[f][s] = self.func_max[f][s].max(conc);
     }
 
+    /// Function `f` ran `conc` from `from` to `to`, within one second.
+    pub(super) fn function_during(&mut self, f: usize, from: f64, to: f64, conc: u32) {
+        let s = self.second(from);
+        self.func_area[f][s] += f64::from(conc) * (to - from);
+    }
+
     /// Function `f` was throttled at `t`.
     pub(super) fn throttle_at(&mut self, f: usize, t: f64) {
         let s = self.second(t);
@@ -86,8 +96,9 @@ impl MinuteTrace {
     }
 
     /// The minute's first `secs` seconds as CloudWatch shows them (60: the
-    /// whole minute): each function's maximum and throttles, the pipeline
-    /// as Σ per-function maxima, the account as the maximum of the sum.
+    /// whole minute): each function's maximum, mean and throttles, the
+    /// pipeline as Σ per-function maxima, the account as the maximum of the
+    /// sum.
     pub(super) fn sample(&self, secs: usize) -> ConcurrencySample {
         let n = secs.clamp(1, 60);
         let functions: Vec<FunctionSample> = self
@@ -97,6 +108,7 @@ impl MinuteTrace {
             .map(|(i, name)| FunctionSample {
                 name: name.clone(),
                 max: f64::from(self.func_max[i][..n].iter().copied().max().unwrap_or(0)),
+                mean: Some(self.func_area[i][..n].iter().sum::<f64>() / n as f64),
                 throttles: Some(f64::from(self.func_throttles[i][..n].iter().sum::<u32>())),
             })
             .collect();
@@ -230,6 +242,16 @@ impl Lambda {
     /// Environments in use over every pipeline function.
     pub(super) fn concurrency(&self) -> u32 {
         self.pipeline_conc
+    }
+
+    /// Every function ran its current concurrency from `from` to `to`,
+    /// within one second of the minute in progress.
+    pub(super) fn integrate(&mut self, from: f64, to: f64) {
+        for (i, f) in self.funcs.iter().enumerate() {
+            if f.conc > 0 {
+                self.trace.function_during(i, from, to, f.conc);
+            }
+        }
     }
 
     /// Environments pipeline functions without a reservation use (they
@@ -586,6 +608,36 @@ mod tests {
         tick(&mut l, 0, 60);
         let s = l.close_minute(0).sample(60);
         assert_eq!(s.account_max, Some(1000.0), "never above the account limit");
+    }
+
+    #[test]
+    fn a_function_mean_is_its_concurrency_averaged_over_the_minute() {
+        let (mut l, mut rng) = lambda(&big_account(), &OtherLoad::default());
+        // f runs 100 for the minute's first 15 s, then 20; g never runs.
+        run(&mut l, F, 100, 0.0, &mut rng);
+        for s in 0..15 {
+            l.integrate(f64::from(s), f64::from(s + 1));
+        }
+        for _ in 0..80 {
+            l.finish(F);
+        }
+        for s in 15..60 {
+            l.integrate(f64::from(s), f64::from(s + 1));
+        }
+        let trace = l.close_minute(0);
+        let means = |s: &ConcurrencySample| -> Vec<(f64, Option<f64>)> {
+            s.functions.iter().map(|f| (f.max, f.mean)).collect()
+        };
+        // (100 × 15 + 20 × 45) / 60.
+        assert_eq!(
+            means(&trace.sample(60)),
+            [(100.0, Some(40.0)), (0.0, Some(0.0))]
+        );
+        // Its first 15 s alone, as a minute still filling in shows it.
+        assert_eq!(
+            means(&trace.sample(15)),
+            [(100.0, Some(100.0)), (0.0, Some(0.0))]
+        );
     }
 
     #[test]

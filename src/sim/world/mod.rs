@@ -304,6 +304,7 @@ impl World {
             self.stats.lambda_seconds += c * (end - self.last_t);
             let p = &mut self.stats.conc_peak[sec];
             *p = (*p).max(conc);
+            self.lambda.integrate(self.last_t, end);
             // The account-wide sum moves with the other load between
             // pipeline changes: look at it at least every second.
             self.lambda.observe(self.last_t);
