@@ -29,6 +29,7 @@ fn decision(c: &mut Criterion) {
                 k: 1.9,
                 other_load: Some(500.0),
                 lifetime: Some(75.0),
+                first_lifetime: Some(75.0),
                 ours: 9_500,
                 foreign: 0,
                 shared: false,

@@ -596,6 +596,25 @@ fn random_workflow_shapes_run_safely() {
     );
 }
 
+/// Shapes that once failed executions: a reservation at 0.97-0.98 of its
+/// share leaves the pipeline's other functions a pool of 135-325 Lambdas
+/// (1822, 1846, 1921), and a reservation on a late step (1143, 1956). The
+/// first cohort filled the pool or the late step, and starts beside it
+/// before any execution had finished met it there (1956: held until 20
+/// had finished, 7 running for 3,000 s, then a cohort into the late step).
+#[test]
+fn a_first_cohort_is_not_joined_before_its_lifetime_is_known() {
+    for seed in [1143, 1822, 1846, 1921, 1956] {
+        let o = run_case(seed, false);
+        assert!(
+            o.problems.is_empty(),
+            "seed {seed}: {}\n{}",
+            o.problems.join("; "),
+            o.repro
+        );
+    }
+}
+
 /// Shapes that once left work behind: a short first step reserved at a few
 /// dozen, which each execution calls several at a time. Batches of ten
 /// started together met on it, were throttled, and held the pipeline at a

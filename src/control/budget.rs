@@ -52,6 +52,9 @@ pub struct Inputs {
     pub other_load: Option<f64>,
     /// Mean execution lifetime, once known.
     pub lifetime: Option<Secs>,
+    /// Mean lifetime of the executions finished so far, however few: the
+    /// first cohort has moved through its workflow once one has.
+    pub first_lifetime: Option<Secs>,
     /// Executions of ours and of others among `running`, and whether
     /// another controller is starting executions now: if so, the free
     /// room is shared in proportion, so two controllers during a deploy
@@ -422,6 +425,22 @@ impl Admission {
             Some(life) if life > 0.0 => {
                 let spread = lambda_rate.min(self.gap_ref / life);
                 (spread.max(lambda_rate / 4.0), spread)
+            }
+            // No lifetime to spread over yet. Above a cohort a function
+            // limit sets, nothing starts until the first executions finish:
+            // the first cohort holds that function (or the pool the
+            // reservations leave) until it moves on, and a start beside it
+            // would meet it there. Then growth is spread over the lifetimes
+            // seen so far.
+            _ if self
+                .function_widest
+                .is_some_and(|w| w < ceiling / self.k_max.max(k)) =>
+            {
+                let spread = match i.first_lifetime {
+                    Some(life) if life > 0.0 => lambda_rate.min(self.gap_ref / life),
+                    _ => 0.0,
+                };
+                (lambda_rate, spread)
             }
             _ => (lambda_rate, lambda_rate),
         };

@@ -63,6 +63,7 @@ where
             lifetime: (st.ledger.lifetimes_known(min_completions))
                 .then(|| st.ledger.mean_lifetime())
                 .flatten(),
+            first_lifetime: st.ledger.mean_lifetime(),
             ours: running.saturating_sub(st.ledger.foreign()),
             foreign: st.ledger.foreign(),
             shared: st.ledger.other_starter_active(),

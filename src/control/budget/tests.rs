@@ -24,6 +24,7 @@ fn inputs(now: Secs, running: usize, k: f64) -> Inputs {
         k,
         other_load: None,
         lifetime: None,
+        first_lifetime: None,
         ours: running,
         foreign: 0,
         shared: false,
@@ -321,6 +322,36 @@ fn growth_above_the_widest_count_is_spread_over_a_lifetime() {
     // A function limit that fits 30 at the widest lowers the fast part.
     let n = grown_for_60_s(Some(30.0));
     assert!((30..=75).contains(&n), "{n}");
+}
+
+#[test]
+fn before_a_lifetime_is_known_nothing_grows_above_a_cohort_a_function_sets() {
+    let mut c = cfg(1000);
+    c.max_lambdas_per_execution = 10.0;
+    c.ramp_concurrency_per_s = 1000.0;
+    let run = |function_widest: Option<f64>, first_lifetime: Option<f64>| {
+        let mut a = Admission::new(Policy::Adaptive, &c);
+        a.set_function_cap(None, function_widest);
+        let mut running = 0;
+        for s in 0..=60 {
+            let i = Inputs {
+                first_lifetime,
+                ..inputs(f64::from(s), running, 2.5)
+            };
+            running += a.decide(i).budget;
+        }
+        running
+    };
+    // A function fits 30 at their widest: the first cohort holds it until
+    // it moves on, and no lifetime says yet how long that is.
+    assert_eq!(run(Some(30.0), None), 30);
+    // Once some have finished (in 600 s), the gap of 370 is spread over
+    // that: ~37 in a minute.
+    let n = run(Some(30.0), Some(600.0));
+    assert!((60..=75).contains(&n), "{n}");
+    // The ceiling's own cohort (1000 / 10): above it, growth goes at
+    // Lambda's rate up to the target, 1000 / 2.5.
+    assert_eq!(run(None, None), 400);
 }
 
 #[test]
