@@ -1,8 +1,8 @@
 //! `ConcurrencyMetrics` over CloudWatch GetMetricData (AWS/Lambda
 //! ConcurrentExecutions, 1-minute Maximum, each listed function's Average
-//! too, and Throttles, Sum; per listed function or account-wide) and Lambda GetFunctionConcurrency (the
-//! functions' limits), and a PutMetricData publisher for fanout's own
-//! metrics.
+//! too, and Throttles, Sum; per listed function or account-wide) and
+//! Lambda GetFunctionConcurrency (the functions' limits), and a
+//! PutMetricData publisher for fanout's own metrics.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -107,8 +107,8 @@ pub struct Decision {
     /// the budget.
     pub room_share: Option<f64>,
     /// The most executions that may start at once: a limited function's
-    /// room over each execution at its widest there (`FunctionBound::
-    /// widest`), when one is known. A cohort started together reaches that
+    /// room over each execution at its widest there, or the unreserved
+    /// pool's (`FunctionBound::widest`), when one is known. A cohort started together reaches that
     /// width together (a Map's first items), whatever the running count.
     pub cohort: Option<usize>,
 }
