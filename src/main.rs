@@ -125,6 +125,10 @@ struct FailedArgs {
     /// One JSON array instead of the table.
     #[arg(long)]
     json: bool,
+    /// Describe and show only the N newest (each takes two calls at five a
+    /// second: 1,000 failures take about 7 minutes).
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
 }
 
 // Four independent flags of one command, as clap spells them.
@@ -371,11 +375,12 @@ fn status(a: &StatusArgs) -> Result<()> {
 
 fn failed(a: &FailedArgs) -> Result<()> {
     let cfg = Config::load(&a.config)?;
-    let list = runtime()?.block_on(fanout::redrive::failed_command(&cfg, a.since))?;
+    let (list, total) =
+        runtime()?.block_on(fanout::redrive::failed_command(&cfg, a.since, a.limit))?;
     if a.json {
         println!("{}", serde_json::to_string(&list)?);
     } else {
-        print!("{}", fanout::redrive::table(&list));
+        print!("{}", fanout::redrive::table(&list, total));
     }
     Ok(())
 }

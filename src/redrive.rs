@@ -407,17 +407,27 @@ fn aws_list_options(since: Duration) -> ListOptions {
     }
 }
 
-/// `fanout failed` on AWS.
+/// `fanout failed` on AWS: the `limit` newest (all when None) described,
+/// and how many were listed. Listing is a page per 1,000; describing takes
+/// two calls each, at five a second.
 pub async fn failed_command(
     cfg: &Config,
     since: Duration,
-) -> Result<Vec<FailedExecution>, RedriveError> {
+    limit: Option<usize>,
+) -> Result<(Vec<FailedExecution>, usize), RedriveError> {
     let clients = Clients::new(&cfg.aws).await;
     let sfn = SfnExecutions::new(clients.sfn, &cfg.aws.state_machine_arn);
     let arn = &cfg.aws.state_machine_arn;
     let opts = aws_list_options(since);
-    let listed = list_unsuccessful(&sfn, arn, opts).await?;
-    describe_each(&sfn, arn, listed, opts.describes_per_s).await
+    let mut listed = list_unsuccessful(&sfn, arn, opts).await?;
+    let total = listed.len();
+    if let Some(n) = limit {
+        listed.truncate(n);
+    }
+    Ok((
+        describe_each(&sfn, arn, listed, opts.describes_per_s).await?,
+        total,
+    ))
 }
 
 /// `fanout redrive` on AWS: requests (and requeued inputs) go to the bulk
@@ -476,8 +486,9 @@ pub fn parse_since(v: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
-/// `fanout failed`'s table: one line per execution.
-pub fn table(failed: &[FailedExecution]) -> String {
+/// `fanout failed`'s table: one line per execution shown, of `total`
+/// listed (newest first).
+pub fn table(failed: &[FailedExecution], total: usize) -> String {
     let mut s = format!(
         "{:<10} {:<20} {:<24} {:<28} {}\n",
         "STATUS", "KEY", "STATE", "ERROR", "EXECUTION"
@@ -494,13 +505,46 @@ pub fn table(failed: &[FailedExecution]) -> String {
             f.execution_arn
         );
     }
-    let _ = writeln!(s, "{} unsuccessful execution(s)", failed.len());
+    if total > failed.len() {
+        let _ = writeln!(
+            s,
+            "{} of {total} unsuccessful execution(s), the newest (--limit)",
+            failed.len()
+        );
+    } else {
+        let _ = writeln!(s, "{} unsuccessful execution(s)", failed.len());
+    }
     s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_says_how_many_were_listed_when_it_shows_fewer() {
+        let one = FailedExecution {
+            execution_arn: "arn:x".into(),
+            name: "x".into(),
+            status: ExecutionStatus::Failed,
+            started_s: 1.0,
+            stopped_s: Some(2.0),
+            redrive_count: 0,
+            key: Some("c-1".into()),
+            state: None,
+            error: None,
+            cause: None,
+            not_redrivable: None,
+            input: None,
+        };
+        let all = table(std::slice::from_ref(&one), 1);
+        assert!(all.ends_with("1 unsuccessful execution(s)\n"), "{all}");
+        let newest = table(&[one], 1481);
+        assert!(
+            newest.ends_with("1 of 1481 unsuccessful execution(s), the newest (--limit)\n"),
+            "{newest}"
+        );
+    }
 
     #[test]
     fn since_takes_a_number_and_a_unit() {

@@ -186,6 +186,18 @@ async fn failed_lists_each_failed_execution_with_its_key_state_and_error() {
         "{table}"
     );
     assert!(table.contains("2 unsuccessful execution(s)"), "{table}");
+    // Only the newest described, and the table says how many were listed.
+    let (code, out, err) = env.fanout(&["failed", "--json", "--limit", "1"]);
+    assert_eq!(code, Some(0), "{err}");
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out).expect(&out);
+    assert_eq!(list.len(), 1, "{out}");
+    assert_eq!(list[0]["execution_arn"], b.as_str(), "{out}");
+    let (code, table, err) = env.fanout(&["failed", "--limit", "1"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        table.contains("1 of 2 unsuccessful execution(s), the newest (--limit)"),
+        "{table}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
