@@ -369,6 +369,32 @@ impl Admission {
         }
     }
 
+    /// Growth per second up to the cohort (`fast`) and above it
+    /// (`spread`), at Lambda's rate `lambda_rate` with `ceiling_cohort`
+    /// the ceiling's own cohort.
+    fn growth_rates(&self, i: &Inputs, lambda_rate: f64, ceiling_cohort: f64) -> (f64, f64) {
+        match i.lifetime {
+            Some(life) if life > 0.0 => {
+                let spread = lambda_rate.min(self.gap_ref / life);
+                (spread.max(lambda_rate / 4.0), spread)
+            }
+            // No lifetime to spread over yet. Above a cohort a function
+            // limit sets, nothing starts until the first executions finish:
+            // the first cohort holds that function (or the pool the
+            // reservations leave) until it moves on, and a start beside it
+            // would meet it there. Then growth is spread over the lifetimes
+            // seen so far.
+            _ if self.function_widest.is_some_and(|w| w < ceiling_cohort) => {
+                let spread = match i.first_lifetime {
+                    Some(life) if life > 0.0 => lambda_rate.min(self.gap_ref / life),
+                    _ => 0.0,
+                };
+                (lambda_rate, spread)
+            }
+            _ => (lambda_rate, lambda_rate),
+        }
+    }
+
     fn adaptive(&mut self, i: Inputs, dt: f64, committed: usize, first: bool) -> Decision {
         let k = i.k.max(1e-6);
         let mut ceiling = self.effective_ceiling(i.other_load);
@@ -421,29 +447,7 @@ impl Admission {
         } else {
             self.gap_ref.max(gap)
         };
-        let (fast, spread) = match i.lifetime {
-            Some(life) if life > 0.0 => {
-                let spread = lambda_rate.min(self.gap_ref / life);
-                (spread.max(lambda_rate / 4.0), spread)
-            }
-            // No lifetime to spread over yet. Above a cohort a function
-            // limit sets, nothing starts until the first executions finish:
-            // the first cohort holds that function (or the pool the
-            // reservations leave) until it moves on, and a start beside it
-            // would meet it there. Then growth is spread over the lifetimes
-            // seen so far.
-            _ if self
-                .function_widest
-                .is_some_and(|w| w < ceiling / self.k_max.max(k)) =>
-            {
-                let spread = match i.first_lifetime {
-                    Some(life) if life > 0.0 => lambda_rate.min(self.gap_ref / life),
-                    _ => 0.0,
-                };
-                (lambda_rate, spread)
-            }
-            _ => (lambda_rate, lambda_rate),
-        };
+        let (fast, spread) = self.growth_rates(&i, lambda_rate, ceiling / self.k_max.max(k));
         let widest = (ceiling / self.k_max.max(k))
             .min(self.function_widest.unwrap_or(f64::INFINITY))
             .floor();
