@@ -596,15 +596,9 @@ fn random_workflow_shapes_run_safely() {
     );
 }
 
-/// Shapes that once failed executions: a reservation at 0.97-0.98 of its
-/// share leaves the pipeline's other functions a pool of 135-325 Lambdas
-/// (1822, 1846, 1921), and a reservation on a late step (1143, 1956). The
-/// first cohort filled the pool or the late step, and starts beside it
-/// before any execution had finished met it there (1956: held until 20
-/// had finished, 7 running for 3,000 s, then a cohort into the late step).
-#[test]
-fn a_first_cohort_is_not_joined_before_its_lifetime_is_known() {
-    for seed in [1143, 1822, 1846, 1921, 1956] {
+/// Run each seed's case; fail with its problems and its repro.
+fn every_seed_passes(seeds: &[u64]) {
+    for &seed in seeds {
         let o = run_case(seed, false);
         assert!(
             o.problems.is_empty(),
@@ -615,19 +609,22 @@ fn a_first_cohort_is_not_joined_before_its_lifetime_is_known() {
     }
 }
 
+/// Shapes that once failed executions: a reservation at 0.97-0.98 of its
+/// share leaves the pipeline's other functions a pool of 135-325 Lambdas
+/// (1822, 1846, 1921), and a reservation on a late step (1143, 1956). The
+/// first cohort filled the pool or the late step, and starts beside it
+/// before any execution had finished met it there (1956: held until 20
+/// had finished, 7 running for 3,000 s, then a cohort into the late step).
+#[test]
+fn a_first_cohort_is_not_joined_before_its_lifetime_is_known() {
+    every_seed_passes(&[1143, 1822, 1846, 1921, 1956]);
+}
+
 /// Shapes that once left work behind: a short first step reserved at a few
 /// dozen, which each execution calls several at a time. Batches of ten
 /// started together met on it, were throttled, and held the pipeline at a
 /// tenth of its ceiling until the run's time was up.
 #[test]
 fn a_short_reserved_first_step_does_not_starve_the_pipeline() {
-    for seed in [730, 1323] {
-        let o = run_case(seed, false);
-        assert!(
-            o.problems.is_empty(),
-            "seed {seed}: {}\n{}",
-            o.problems.join("; "),
-            o.repro
-        );
-    }
+    every_seed_passes(&[730, 1323]);
 }
