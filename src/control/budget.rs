@@ -108,8 +108,9 @@ pub struct Decision {
     pub room_share: Option<f64>,
     /// The most executions that may start at once: a limited function's
     /// room over each execution at its widest there, or the unreserved
-    /// pool's (`FunctionBound::widest`), when one is known. A cohort started together reaches that
-    /// width together (a Map's first items), whatever the running count.
+    /// pool's (`FunctionBound::widest`), when one is known. A cohort
+    /// started together reaches that width together (a Map's first items),
+    /// whatever the running count.
     pub cohort: Option<usize>,
 }
 
@@ -373,9 +374,10 @@ impl Admission {
     /// (`spread`), at Lambda's rate `lambda_rate` with `ceiling_cohort`
     /// the ceiling's own cohort.
     fn growth_rates(&self, i: &Inputs, lambda_rate: f64, ceiling_cohort: f64) -> (f64, f64) {
+        let spread_over = |life: f64| lambda_rate.min(self.gap_ref / life);
         match i.lifetime {
             Some(life) if life > 0.0 => {
-                let spread = lambda_rate.min(self.gap_ref / life);
+                let spread = spread_over(life);
                 (spread.max(lambda_rate / 4.0), spread)
             }
             // No lifetime to spread over yet. Above a cohort a function
@@ -386,7 +388,7 @@ impl Admission {
             // seen so far.
             _ if self.function_widest.is_some_and(|w| w < ceiling_cohort) => {
                 let spread = match i.first_lifetime {
-                    Some(life) if life > 0.0 => lambda_rate.min(self.gap_ref / life),
+                    Some(life) if life > 0.0 => spread_over(life),
                     _ => 0.0,
                 };
                 (lambda_rate, spread)

@@ -54,16 +54,16 @@ where
             st.last_observed_s = backend_now;
             st.estimator.observe_running(backend_now, running);
         }
+        // Once, for both: it sums the kept lifetimes.
+        let mean_lifetime = st.ledger.mean_lifetime();
         let inputs = Inputs {
             now,
             running: running + debt,
             in_hand: st.in_hand,
             k: st.estimator.k(),
             other_load: st.estimator.other_load(),
-            lifetime: (st.ledger.lifetimes_known(min_completions))
-                .then(|| st.ledger.mean_lifetime())
-                .flatten(),
-            first_lifetime: st.ledger.mean_lifetime(),
+            lifetime: mean_lifetime.filter(|_| st.ledger.lifetimes_known(min_completions)),
+            first_lifetime: mean_lifetime,
             ours: running.saturating_sub(st.ledger.foreign()),
             foreign: st.ledger.foreign(),
             shared: st.ledger.other_starter_active(),
