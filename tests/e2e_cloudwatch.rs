@@ -11,7 +11,9 @@
 //! can learn from is the second it sees (the third if the ramp spills into
 //! it), and it reads that minute once settled (`estimator.settle_secs`, 60
 //! s after its end): 2 to 4 minutes after start, by where in its minute
-//! the run started. They run in parallel.
+//! the run started. They run one at a time (`one_at_a_time`): three moto
+//! servers and three binaries at once on a 2-core CI machine once slowed a
+//! run's ramp until its deadline passed with k̂ still at 2.51.
 
 // The values compared go through CBOR unchanged, or are exact sums.
 #![allow(clippy::float_cmp)]
@@ -373,6 +375,13 @@ const LIFETIME_SECS: u64 = 20;
 /// plus the reads' pace and a loaded machine.
 const LEARN_WITHIN: Duration = Duration::from_secs(300);
 
+/// Held for the whole of each test that runs the binary on moto, so their
+/// wall-clock deadlines are not shared with two other pipelines' CPU.
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
 /// A minute of the three pipeline functions at `width` Lambdas per
 /// execution over the running count at the start, plus other load.
 fn width(width: f64) -> Minute {
@@ -588,6 +597,7 @@ fn put_names(stub: &Stub) -> Vec<(String, String)> {
 /// start; fanout's own metrics reach PutMetricData.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_learns_the_width_cloudwatch_serves() {
+    let _alone = one_at_a_time().await;
     let t0 = Instant::now();
     let p = Pipeline::new(600).await;
     p.every_minute(6, 5.0, &width(2.0));
@@ -690,6 +700,7 @@ async fn fanout_learns_the_width_cloudwatch_serves() {
 /// minutes and not learn from one still in progress.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_minute_does_not_lower_k() {
+    let _alone = one_at_a_time().await;
     let t0 = Instant::now();
     let p = Pipeline::new(600).await;
     // Each minute reads as 1.0 per execution from 5 s into it (partial),
@@ -725,6 +736,7 @@ async fn a_partial_minute_does_not_lower_k() {
 /// at the configured maximum.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_width_above_the_maximum_raises_k_above_it() {
+    let _alone = one_at_a_time().await;
     let p = Pipeline::new(300).await;
     p.every_minute(4, 5.0, &width(3.5));
     let mut run = p.start("wide");
