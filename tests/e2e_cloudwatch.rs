@@ -11,7 +11,7 @@
 //! can learn from is the second it sees (the third if the ramp spills into
 //! it), and it reads that minute once settled (`estimator.settle_secs`, 60
 //! s after its end): 2 to 4 minutes after start, by where in its minute
-//! the run started. They run one at a time (`one_at_a_time`): three moto
+//! the run started. They run one at a time (`SERIAL`): three moto
 //! servers and three binaries at once on a 2-core CI machine once slowed a
 //! run's ramp until its deadline passed with k̂ still at 2.51.
 
@@ -375,12 +375,10 @@ const LIFETIME_SECS: u64 = 20;
 /// plus the reads' pace and a loaded machine.
 const LEARN_WITHIN: Duration = Duration::from_secs(300);
 
-/// Held for the whole of each test that runs the binary on moto, so their
-/// wall-clock deadlines are not shared with two other pipelines' CPU.
-async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
-}
+/// Held for the whole of each test that runs the binary on moto (as in
+/// `tests/e2e_moto.rs`), so their wall-clock deadlines are not shared with
+/// two other pipelines' CPU.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A minute of the three pipeline functions at `width` Lambdas per
 /// execution over the running count at the start, plus other load.
@@ -597,7 +595,7 @@ fn put_names(stub: &Stub) -> Vec<(String, String)> {
 /// start; fanout's own metrics reach PutMetricData.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_learns_the_width_cloudwatch_serves() {
-    let _alone = one_at_a_time().await;
+    let _serial = SERIAL.lock().await;
     let t0 = Instant::now();
     let p = Pipeline::new(600).await;
     p.every_minute(6, 5.0, &width(2.0));
@@ -700,7 +698,7 @@ async fn fanout_learns_the_width_cloudwatch_serves() {
 /// minutes and not learn from one still in progress.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_minute_does_not_lower_k() {
-    let _alone = one_at_a_time().await;
+    let _serial = SERIAL.lock().await;
     let t0 = Instant::now();
     let p = Pipeline::new(600).await;
     // Each minute reads as 1.0 per execution from 5 s into it (partial),
@@ -736,7 +734,7 @@ async fn a_partial_minute_does_not_lower_k() {
 /// at the configured maximum.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_width_above_the_maximum_raises_k_above_it() {
-    let _alone = one_at_a_time().await;
+    let _serial = SERIAL.lock().await;
     let p = Pipeline::new(300).await;
     p.every_minute(4, 5.0, &width(3.5));
     let mut run = p.start("wide");
